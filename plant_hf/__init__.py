@@ -1,0 +1,24 @@
+"""plant-hf: PLANT label-wise attention for extreme multi-label text classification on any transformers backbone."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+from .configuration_plant import PlantConfig
+from .modeling_plant import PlantForMultiLabelClassification, PlantLabelAttention, PlantOutput, PlantPreTrainedModel
+
+__version__ = "0.1.0"
+
+AutoConfig.register(PlantConfig.model_type, PlantConfig, exist_ok=True)
+AutoModel.register(PlantConfig, PlantForMultiLabelClassification, exist_ok=True)
+AutoModelForSequenceClassification.register(PlantConfig, PlantForMultiLabelClassification, exist_ok=True)
+# Saved folders ship configuration_plant.py and modeling_plant.py for loading with trust_remote_code=True.
+PlantConfig.register_for_auto_class()
+PlantForMultiLabelClassification.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "PlantConfig",
+    "PlantForMultiLabelClassification",
+    "PlantLabelAttention",
+    "PlantOutput",
+    "PlantPreTrainedModel",
+    "__version__",
+]

@@ -1,0 +1,132 @@
+"""Configuration of PLANT label-wise attention classifiers."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# Written into every saved config so that a folder loads with `trust_remote_code=True` through any of
+# these Auto classes in a process that never imported plant_hf.
+REMOTE_AUTO_MAP = {
+    "AutoConfig": "configuration_plant.PlantConfig",
+    "AutoModel": "modeling_plant.PlantForMultiLabelClassification",
+    "AutoModelForSequenceClassification": "modeling_plant.PlantForMultiLabelClassification",
+}
+
+
+@strict
+class PlantConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`PlantForMultiLabelClassification`]: a backbone (any `AutoConfig`, nested as
+    `text_config`) and a label-wise attention head over its token states.
+
+    Args:
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            The backbone's configuration: a Llama, Mistral, Phi-3, Qwen2, BERT, RoBERTa ... config, or a dict
+            with its `model_type`. Defaults to a Llama config.
+        label_attention_dim (`int`, *optional*):
+            Size of the key space in which tokens and label queries meet. Defaults to the backbone's hidden size.
+        inattention_k (`int`, *optional*):
+            Keep, per label, only the `k` highest-scoring tokens of a document; the others get no attention.
+            `None` switches inattention off.
+        chunk_size (`int`, *optional*):
+            Documents longer than this are split into chunks of `chunk_size` tokens that the backbone encodes
+            independently; the label attention spans all chunks of a document. `None` never splits.
+        max_chunks (`int`, *optional*):
+            Keep at most this many chunks per document (a warning names what was cut). `None` keeps all.
+        streaming (`bool`, *optional*, defaults to `False`):
+            Encode one chunk at a time and carry the label attention over chunks with an online softmax, so
+            that inference memory does not grow with the document's length. The result equals attention over
+            the concatenated chunks.
+        label_block_size (`int`, *optional*):
+            Score labels in blocks of this many, so that peak memory is bounded by `block x tokens` instead of
+            `labels x tokens`. `None` scores all labels at once.
+        head_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout applied to the token states before the label attention.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialisation of the label queries and label weights.
+
+    Example:
+
+    ```python
+    >>> from transformers import LlamaConfig
+    >>> from plant_hf import PlantConfig
+
+    >>> backbone = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    >>> config = PlantConfig(text_config=backbone, num_labels=3, chunk_size=512)
+    >>> config.label_attention_dim
+    32
+    ```
+    """
+
+    model_type = "plant"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+    keys_to_ignore_at_inference = ["label_attentions", "hidden_states", "attentions"]
+
+    text_config: dict | PreTrainedConfig | None = None
+    label_attention_dim: int | None = None
+    inattention_k: int | None = None
+    chunk_size: int | None = None
+    max_chunks: int | None = None
+    streaming: bool = False
+    label_block_size: int | None = None
+    head_dropout: float = 0.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        num_labels = kwargs.get("num_labels")
+        if num_labels is not None and self.id2label is not None and len(self.id2label) != num_labels:
+            raise ValueError(
+                f"num_labels={num_labels} disagrees with id2label, which names {len(self.id2label)} labels; "
+                "pass only one of them or make them agree."
+            )
+        if isinstance(self.text_config, dict):
+            self.text_config = _backbone_config_from_dict(self.text_config)
+        super().__post_init__(**kwargs)
+        if self.label2id is None:
+            self.label2id = {label: index for index, label in self.id2label.items()}
+        if self.label_attention_dim is None:
+            self.label_attention_dim = self.text_config.hidden_size
+        if self.problem_type is None:
+            self.problem_type = "multi_label_classification"
+        self.auto_map = {**REMOTE_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+
+    def validate_architecture(self):
+        """Part of `@strict` validation: the head's sizes and limits must make sense."""
+        super().validate_architecture()
+        if getattr(self.text_config, "hidden_size", None) is None:
+            raise ValueError(
+                f"The backbone config ({type(self.text_config).__name__}) has no `hidden_size`; "
+                "PLANT needs a backbone that returns token hidden states."
+            )
+        for name in ("label_attention_dim", "inattention_k", "chunk_size", "max_chunks", "label_block_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"`{name}` must be a positive integer or None, got {value}.")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"`head_dropout` must be in [0, 1), got {self.head_dropout}.")
+        if self.num_labels < 1:
+            raise ValueError(f"`num_labels` must be at least 1, got {self.num_labels}.")
+        if {int(index): label for label, index in self.label2id.items()} != self.id2label:
+            raise ValueError("label2id must be the inverse of id2label; pass only id2label to derive it.")
+        if self.problem_type != "multi_label_classification":
+            raise ValueError(
+                f"PLANT is a multi-label classifier; problem_type must be 'multi_label_classification', "
+                f"got {self.problem_type!r}."
+            )
+
+
+def _backbone_config_from_dict(text_config: dict) -> PreTrainedConfig:
+    """Build the backbone config from a dict, naming the problem when its `model_type` is unknown."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = text_config.get("model_type", PlantConfig.sub_configs_defaults["text_config"].model_type)
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"Unknown backbone type {model_type!r} in text_config. Use a model type that transformers knows "
+            "(llama, mistral, phi3, qwen2, bert, roberta, ...), or pass the backbone's config object, e.g. "
+            "AutoConfig.from_pretrained(path, trust_remote_code=True)."
+        )
+    return CONFIG_MAPPING[model_type](**{k: v for k, v in text_config.items() if k != "model_type"})
+
+
+__all__ = ["PlantConfig"]

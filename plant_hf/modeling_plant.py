@@ -1,0 +1,572 @@
+"""PLANT: a label-wise attention classifier on any transformers backbone.
+
+For a document with token states `H` (T x d) the head scores token `t` for label `l` as
+`s_lt = K_t . U_l + g_t` (keys `K = H W_k`, label queries `U`, a label-independent token salience
+`g = H v`), attends with a masked fp32 softmax over tokens, and predicts `z_l = sum_t A_lt (H_t . w_l) + c_l`.
+The `L x d` matrix of per-label contexts is never formed: `H_t . w_l` for all tokens and labels is one product.
+"""
+
+import inspect
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ModelOutput
+from transformers.utils import can_return_tuple, logging
+
+from .configuration_plant import PlantConfig
+
+logger = logging.get_logger(__name__)
+
+# Token inputs that are split into chunks alongside `input_ids`.
+_CHUNKED_INPUTS = ("input_ids", "inputs_embeds", "token_type_ids")
+
+
+@dataclass
+class PlantOutput(ModelOutput):
+    """
+    Output of [`PlantForMultiLabelClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Mean binary cross-entropy over documents and labels (fp32), when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            One score per label; `sigmoid(logits)` are the label probabilities.
+        label_attentions (`torch.FloatTensor` of shape `(batch_size, num_labels, sequence_length)`, *optional*):
+            Each label's attention over the input tokens, aligned with `input_ids` (flattened over chunks when
+            the input was given as chunks). Returned only when `output_attentions=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    label_attentions: torch.FloatTensor | None = None
+
+
+@dataclass
+class PlantTokenStates(ModelOutput):
+    """
+    The token states the label attention reads, in chunk layout: chunk after chunk, each `chunk_size` long.
+
+    Args:
+        hidden_states (`torch.FloatTensor` of shape `(batch_size, tokens, hidden_size)`):
+            Backbone states; zero at padding.
+        attention_mask (`torch.BoolTensor` of shape `(batch_size, tokens)`):
+            True at real tokens.
+        input_ids (`torch.LongTensor` of shape `(batch_size, tokens)`, *optional*):
+            The token ids at those positions, when the input was given as ids.
+    """
+
+    hidden_states: torch.FloatTensor | None = None
+    attention_mask: torch.BoolTensor | None = None
+    input_ids: torch.LongTensor | None = None
+
+
+@dataclass
+class DocumentChunks:
+    """A batch of documents split into `(batch, chunks, chunk_length)` pieces for the backbone."""
+
+    inputs: dict[str, torch.Tensor]
+    attention_mask: torch.BoolTensor
+    # For each document, the input positions in chunk order (real tokens first); None when no reordering was done.
+    order: torch.LongTensor | None = None
+    input_length: int = 0
+
+    @property
+    def num_chunks(self) -> int:
+        return self.attention_mask.shape[1]
+
+    def chunk(self, index: int) -> tuple[dict[str, torch.Tensor], torch.BoolTensor]:
+        """Chunk `index` of every document: inputs of shape `(batch, chunk_length, ...)`."""
+        return {name: value[:, index] for name, value in self.inputs.items()}, self.attention_mask[:, index]
+
+    def flat(self) -> tuple[dict[str, torch.Tensor], torch.BoolTensor]:
+        """All chunks of all documents as one batch of shape `(batch * chunks, chunk_length, ...)`."""
+        return (
+            {name: value.flatten(0, 1) for name, value in self.inputs.items()},
+            self.attention_mask.flatten(0, 1),
+        )
+
+    def to_input_layout(self, per_token: torch.Tensor) -> torch.Tensor:
+        """Map `(batch, labels, chunks * chunk_length)` values back onto the input's token positions."""
+        if self.order is None:
+            return per_token
+        batch, labels, _ = per_token.shape
+        restored = per_token.new_zeros(batch, labels, self.input_length)
+        kept = min(per_token.shape[-1], self.input_length)
+        index = self.order[:, None, :kept].expand(batch, labels, kept)
+        return restored.scatter(2, index, per_token[..., :kept])
+
+
+def chunk_documents(
+    inputs: dict[str, torch.Tensor],
+    attention_mask: torch.Tensor | None,
+    chunk_size: int | None,
+    max_chunks: int | None = None,
+    pad_token_id: int | None = None,
+) -> DocumentChunks:
+    """
+    Split documents into chunks for the backbone.
+
+    `inputs` holds `input_ids` or `inputs_embeds` (and optionally `token_type_ids`) of shape `(batch, tokens, ...)`,
+    or already chunked as `(batch, chunks, chunk_length, ...)`. The real tokens of flat documents are moved to the
+    front before chunking, so that left padding, right padding and no padding give the backbone the same chunks
+    (with the same positions); chunks that would hold only padding are not formed.
+    """
+    main = inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]
+    prechunked = main.dim() == (3 if "input_ids" in inputs else 4)
+    token_shape = main.shape[: 3 if prechunked else 2]
+    if attention_mask is not None and attention_mask.shape != token_shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(token_shape)}.")
+    if prechunked:
+        mask = (
+            torch.ones(token_shape, dtype=torch.bool, device=main.device) if attention_mask is None else attention_mask
+        )
+        chunks = DocumentChunks(
+            inputs=dict(inputs), attention_mask=mask.bool(), input_length=token_shape[1] * token_shape[2]
+        )
+    elif attention_mask is None and (chunk_size is None or token_shape[1] <= chunk_size):
+        chunks = DocumentChunks(
+            inputs={name: value.unsqueeze(1) for name, value in inputs.items()},
+            attention_mask=torch.ones(token_shape, dtype=torch.bool, device=main.device).unsqueeze(1),
+            input_length=token_shape[1],
+        )
+    else:
+        mask = (
+            torch.ones(token_shape, dtype=torch.bool, device=main.device) if attention_mask is None else attention_mask
+        )
+        chunks = _split_flat_documents(inputs, mask.bool(), chunk_size, pad_token_id)
+    if max_chunks is not None and chunks.num_chunks > max_chunks:
+        cut = int(chunks.attention_mask[:, max_chunks:].sum())
+        logger.warning(
+            f"Documents span {chunks.num_chunks} chunks but max_chunks={max_chunks}: {cut} tokens beyond the "
+            "limit are ignored. Raise max_chunks, or set streaming=True to read documents of any length."
+        )
+        chunks.inputs = {name: value[:, :max_chunks] for name, value in chunks.inputs.items()}
+        chunks.attention_mask = chunks.attention_mask[:, :max_chunks]
+    return chunks
+
+
+def _split_flat_documents(
+    inputs: dict[str, torch.Tensor], mask: torch.BoolTensor, chunk_size: int | None, pad_token_id: int | None
+) -> DocumentChunks:
+    batch, length = mask.shape
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+    longest = max(1, int(mask.sum(1).max()))
+    num_chunks = 1 if chunk_size is None else -(-longest // chunk_size)
+    chunk_length = longest if num_chunks == 1 else chunk_size
+    padded_length = num_chunks * chunk_length
+    pad_values = {"input_ids": 0 if pad_token_id is None else pad_token_id, "inputs_embeds": 0, "token_type_ids": 0}
+
+    def reorder(value: torch.Tensor, pad_value) -> torch.Tensor:
+        index = order.view(batch, length, *([1] * (value.dim() - 2))).expand_as(value)
+        value = value.gather(1, index)[:, :padded_length]
+        if value.shape[1] < padded_length:
+            padding = value.new_full((batch, padded_length - value.shape[1], *value.shape[2:]), pad_value)
+            value = torch.cat([value, padding], dim=1)
+        return value.view(batch, num_chunks, chunk_length, *value.shape[2:])
+
+    return DocumentChunks(
+        inputs={name: reorder(value, pad_values[name]) for name, value in inputs.items()},
+        attention_mask=reorder(mask, False),
+        order=order,
+        input_length=length,
+    )
+
+
+@dataclass
+class LabelAttentionState:
+    """Running per-label statistics of the attention over the tokens read so far, one entry per label block.
+
+    Without inattention a block holds the online-softmax triple (running max, sum of weights, weighted sum of
+    values); with inattention it holds the `k` best scores seen so far and their values.
+    """
+
+    blocks: list[tuple[torch.Tensor, ...]]
+    scores: list[list[torch.Tensor]] | None = None  # per block, per update: (batch, tokens, block) when maps are kept
+
+
+def _online_softmax_step(
+    scores: torch.Tensor, values: torch.Tensor, running_max: torch.Tensor, total: torch.Tensor, weighted: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fold `scores`/`values` of shape `(batch, tokens, labels)` into a per-label softmax over tokens.
+
+    The max only stabilises the exponentials and cancels out of the result, so it carries no gradient. A label
+    whose tokens are all masked (`-inf`) keeps zero weight instead of producing NaN.
+    """
+    new_max = torch.maximum(running_max, scores.amax(dim=1)).detach()
+    shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+    weights = torch.exp(scores - shift.unsqueeze(1))
+    rescale = torch.exp(running_max - shift)
+    total = total * rescale + weights.sum(dim=1)
+    weighted = weighted * rescale + torch.einsum("btl,btl->bl", weights, values)
+    return new_max, total, weighted
+
+
+def _top_k_step(
+    scores: torch.Tensor, values: torch.Tensor, top_scores: torch.Tensor, top_values: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep, per label, the `k` best scores among those kept so far and the new ones, with their values."""
+    scores = torch.cat([top_scores, scores], dim=1)
+    values = torch.cat([top_values, values], dim=1)
+    top_scores, index = scores.topk(min(k, scores.shape[1]), dim=1)
+    return top_scores, values.gather(1, index)
+
+
+class PlantLabelAttention(nn.Module):
+    """
+    Label-wise attention over token states, computed in label blocks and foldable chunk by chunk.
+
+    `s_lt = K_t . U_l + g_t`: a per-label bias would not change a softmax over tokens, so the only bias is the
+    label-independent token salience `g_t = H_t . v`. The label bias `label_bias` enters the logits.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        attention_dim: int,
+        num_labels: int,
+        inattention_k: int | None = None,
+        label_block_size: int | None = None,
+    ):
+        super().__init__()
+        self.key = nn.Linear(hidden_size, attention_dim, bias=False)
+        self.salience = nn.Linear(hidden_size, 1, bias=False)
+        self.label_queries = nn.Parameter(torch.empty(num_labels, attention_dim))
+        self.label_weights = nn.Parameter(torch.empty(num_labels, hidden_size))
+        self.label_bias = nn.Parameter(torch.empty(num_labels))
+        self.inattention_k = inattention_k
+        self.label_block_size = label_block_size
+
+    @property
+    def num_labels(self) -> int:
+        return self.label_queries.shape[0]
+
+    def label_blocks(self) -> list[slice]:
+        size = self.label_block_size or self.num_labels
+        return [slice(start, min(start + size, self.num_labels)) for start in range(0, self.num_labels, size)]
+
+    def project_tokens(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys `(batch, tokens, attention_dim)` and salience `(batch, tokens)`, `-inf` at masked tokens."""
+        keys = self.key(hidden_states)
+        salience = self.salience(hidden_states).squeeze(-1).masked_fill(~attention_mask.bool(), float("-inf"))
+        return keys, salience
+
+    def block_scores(self, keys: torch.Tensor, salience: torch.Tensor, labels: slice) -> torch.Tensor:
+        """Attention scores `(batch, tokens, labels in block)`; `-inf` at masked tokens."""
+        return keys @ self.label_queries[labels].float().T + salience.unsqueeze(-1)
+
+    def scores(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Attention scores of every label for every token, `(batch, num_labels, tokens)`, before the softmax."""
+        with torch.autocast(hidden_states.device.type, enabled=False):
+            keys, salience = self.project_tokens(hidden_states.float(), attention_mask)
+            return self.block_scores(keys, salience, slice(None)).transpose(1, 2)
+
+    def init_state(self, batch_size: int, device: torch.device, keep_scores: bool = False) -> LabelAttentionState:
+        blocks = []
+        for labels in self.label_blocks():
+            width = labels.stop - labels.start
+            if self.inattention_k is None:
+                running_max = torch.full((batch_size, width), float("-inf"), device=device)
+                zeros = torch.zeros(batch_size, width, device=device)
+                blocks.append((running_max, zeros, zeros))
+            else:
+                empty = torch.empty(batch_size, 0, width, device=device)
+                blocks.append((empty, empty))
+        return LabelAttentionState(blocks=blocks, scores=[[] for _ in blocks] if keep_scores else None)
+
+    def update(
+        self, state: LabelAttentionState, hidden_states: torch.Tensor, attention_mask: torch.Tensor
+    ) -> LabelAttentionState:
+        """Fold the tokens `hidden_states` `(batch, tokens, hidden)` into the running attention `state`."""
+        with torch.autocast(hidden_states.device.type, enabled=False):
+            hidden_states = hidden_states.float()
+            keys, salience = self.project_tokens(hidden_states, attention_mask)
+            # Under autograd each block is recomputed in the backward pass, so that training keeps only one
+            # block's (tokens x labels) intermediates alive at a time.
+            recompute = torch.is_grad_enabled() and len(state.blocks) > 1
+            blocks = []
+            for index, labels in enumerate(self.label_blocks()):
+                step = partial(self._block_step, labels)
+                args = (keys, salience, hidden_states, *state.blocks[index])
+                blocks.append(checkpoint(step, *args, use_reentrant=False) if recompute else step(*args))
+                if state.scores is not None:
+                    state.scores[index].append(self.block_scores(keys, salience, labels).detach())
+        state.blocks = blocks
+        return state
+
+    def _block_step(self, labels: slice, keys, salience, hidden_states, *block_state) -> tuple[torch.Tensor, ...]:
+        scores = self.block_scores(keys, salience, labels)
+        values = hidden_states @ self.label_weights[labels].float().T
+        if self.inattention_k is None:
+            return _online_softmax_step(scores, values, *block_state)
+        return _top_k_step(scores, values, *block_state, k=self.inattention_k)
+
+    def finalize(self, state: LabelAttentionState) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits `(batch, num_labels)` and, when scores were kept, attention maps `(batch, num_labels, tokens)`."""
+        logits, maps = [], []
+        for index, block in enumerate(state.blocks):
+            if self.inattention_k is None:
+                running_max, total, weighted = block
+                threshold = None
+            else:
+                top_scores, top_values = block
+                start = torch.full_like(top_scores[:, 0], float("-inf"))
+                running_max, total, weighted = _online_softmax_step(
+                    top_scores, top_values, start, torch.zeros_like(start), torch.zeros_like(start)
+                )
+                threshold = top_scores[:, -1] if top_scores.shape[1] else start
+            logits.append(weighted / total.clamp_min(torch.finfo(total.dtype).tiny))
+            if state.scores is not None:
+                maps.append(_attention_map(torch.cat(state.scores[index], dim=1), running_max, total, threshold))
+        logits = torch.cat(logits, dim=-1) + self.label_bias.float()
+        return logits, (torch.cat(maps, dim=-1).transpose(1, 2) if maps else None)
+
+
+def _attention_map(
+    scores: torch.Tensor, running_max: torch.Tensor, total: torch.Tensor, threshold: torch.Tensor | None
+) -> torch.Tensor:
+    """The softmax weights behind the logits, `(batch, tokens, labels)`, from the kept scores and final statistics.
+
+    With inattention, tokens scoring below the k-th best get no weight (tokens tied with it keep theirs).
+    """
+    shift = torch.where(torch.isfinite(running_max), running_max, torch.zeros_like(running_max)).unsqueeze(1)
+    weights = torch.exp(scores - shift)
+    if threshold is not None:
+        weights = weights.masked_fill(scores < threshold.unsqueeze(1), 0.0)
+    return weights / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(1)
+
+
+class PlantPreTrainedModel(PreTrainedModel):
+    config: PlantConfig
+    config_class = PlantConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _keep_in_fp32_modules = ["label_attention"]
+    _keep_in_fp32_modules_strict = ["label_attention"]
+    # Heads and poolers of the checkpoints a backbone may come from.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^score\.", r"^classifier\.", r"^cls\.", r"pooler\."]
+    # The loss is a mean over documents and labels: Trainer must not rescale it by token counts.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, PlantLabelAttention):
+            init.normal_(module.label_queries, mean=0.0, std=self.config.initializer_range)
+            init.normal_(module.label_weights, mean=0.0, std=self.config.initializer_range)
+            init.zeros_(module.label_bias)
+            init.zeros_(module.salience.weight)
+
+
+class PlantForMultiLabelClassification(PlantPreTrainedModel):
+    """
+    A backbone (`AutoModel`) with a PLANT label-wise attention head for multi-label classification.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from transformers import LlamaConfig
+    >>> from plant_hf import PlantConfig, PlantForMultiLabelClassification
+
+    >>> backbone = LlamaConfig(
+    ...     vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...     num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    ... )
+    >>> model = PlantForMultiLabelClassification(PlantConfig(text_config=backbone, num_labels=5))
+    >>> input_ids = torch.randint(3, 128, (2, 10))
+    >>> out = model(input_ids=input_ids, labels=torch.zeros(2, 5))
+    >>> out.logits.shape, out.loss.dtype
+    (torch.Size([2, 5]), torch.float32)
+    ```
+    """
+
+    def __init__(self, config: PlantConfig):
+        super().__init__(config)
+        self.model = _backbone_from_config(config.text_config)
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.label_attention = PlantLabelAttention(
+            hidden_size=config.text_config.hidden_size,
+            attention_dim=config.label_attention_dim,
+            num_labels=config.num_labels,
+            inattention_k=config.inattention_k,
+            label_block_size=config.label_block_size,
+        )
+        self.post_init()
+
+    @classmethod
+    def from_backbone(
+        cls,
+        pretrained_model_name_or_path: str,
+        num_labels: int | None = None,
+        id2label: dict[int, str] | None = None,
+        **kwargs,
+    ) -> "PlantForMultiLabelClassification":
+        """
+        Build a PLANT classifier on a pretrained backbone and load the backbone's weights.
+
+        The checkpoint may be a `*ForCausalLM`, a bare base model or an encoder (`*ForMaskedLM` too); its own head
+        is dropped. Keyword arguments naming [`PlantConfig`] fields (`chunk_size`, `inattention_k`, ...) configure
+        the head; the rest (`dtype`, `quantization_config`, `device_map`, `revision`, ...) go to `from_pretrained`.
+        The head stays in fp32 whatever the backbone's dtype.
+
+        Example:
+
+        ```python
+        >>> model = PlantForMultiLabelClassification.from_backbone(
+        ...     "mistralai/Mistral-7B-v0.3", id2label={0: "A01", 1: "B02"}, chunk_size=512, dtype=torch.bfloat16
+        ... )  # doctest: +SKIP
+        ```
+        """
+        head_fields = {name for name in PlantConfig.__dataclass_fields__ if name != "text_config"}
+        config_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in head_fields}
+        hub_kwargs = {
+            name: kwargs[name]
+            for name in ("cache_dir", "revision", "token", "local_files_only", "subfolder", "trust_remote_code")
+            if name in kwargs
+        }
+        text_config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if num_labels is not None:
+            config_kwargs["num_labels"] = num_labels
+        config = PlantConfig(text_config=text_config, id2label=id2label, **config_kwargs)
+        prefix = _backbone_class(text_config).base_model_prefix
+        if prefix and prefix != cls.base_model_prefix and "key_mapping" not in kwargs:
+            kwargs["key_mapping"] = {rf"^{prefix}\.": f"{cls.base_model_prefix}."}
+        model = super().from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)
+        model.label_attention.float()
+        return model
+
+    def encode(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+    ) -> PlantTokenStates:
+        """Backbone states of every token the label attention reads, in chunk layout."""
+        chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        inputs, mask = chunks.flat()
+        hidden_states = self._run_backbone(inputs, mask)
+        batch_size = chunks.attention_mask.shape[0]
+        ids = inputs.get("input_ids")
+        return PlantTokenStates(
+            hidden_states=hidden_states.view(batch_size, -1, hidden_states.shape[-1]),
+            attention_mask=mask.view(batch_size, -1),
+            input_ids=None if ids is None else ids.reshape(batch_size, -1),
+        )
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+    ) -> PlantOutput:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)` or `(batch_size, chunks, chunk_length)`):
+            Token ids. Flat documents longer than `config.chunk_size` are split into chunks here; pre-chunked input
+            is encoded chunk by chunk as given.
+        labels (`torch.Tensor` of shape `(batch_size, num_labels)`, *optional*):
+            Multi-hot targets (0/1, or soft targets in [0, 1]) for the binary cross-entropy loss.
+        output_attentions (`bool`, *optional*):
+            Also return each label's attention over the input tokens (`label_attentions`).
+        """
+        chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        batch_size = chunks.attention_mask.shape[0]
+        if labels is not None and tuple(labels.shape) != (batch_size, self.config.num_labels):
+            raise ValueError(
+                f"labels must be multi-hot of shape (batch_size, num_labels) = ({batch_size}, "
+                f"{self.config.num_labels}), got {tuple(labels.shape)}."
+            )
+        state = self.label_attention.init_state(
+            batch_size, chunks.attention_mask.device, keep_scores=bool(output_attentions)
+        )
+        if self.config.streaming:
+            for index in range(chunks.num_chunks):
+                inputs, mask = chunks.chunk(index)
+                state = self.label_attention.update(state, self.dropout(self._run_backbone(inputs, mask)), mask)
+        else:
+            inputs, mask = chunks.flat()
+            hidden_states = self._run_backbone(inputs, mask).view(batch_size, -1, self.config.text_config.hidden_size)
+            state = self.label_attention.update(state, self.dropout(hidden_states), mask.view(batch_size, -1))
+        logits, maps = self.label_attention.finalize(state)
+
+        loss = None
+        if labels is not None:
+            loss = F.binary_cross_entropy_with_logits(logits.float(), labels.to(logits.device, torch.float32))
+        return PlantOutput(
+            loss=loss, logits=logits, label_attentions=None if maps is None else chunks.to_input_layout(maps)
+        )
+
+    def _chunk(self, input_ids, attention_mask, token_type_ids, inputs_embeds) -> DocumentChunks:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        inputs = {"input_ids": input_ids, "inputs_embeds": inputs_embeds, "token_type_ids": token_type_ids}
+        return chunk_documents(
+            {name: value for name, value in inputs.items() if value is not None},
+            attention_mask,
+            chunk_size=self.config.chunk_size,
+            max_chunks=self.config.max_chunks,
+            pad_token_id=getattr(self.config.text_config, "pad_token_id", None),
+        )
+
+    def _run_backbone(self, inputs: dict[str, torch.Tensor], attention_mask: torch.BoolTensor) -> torch.Tensor:
+        """Encode `(rows, chunk_length)` pieces; rows without a real token are skipped and come back as zeros."""
+        rows, length = attention_mask.shape
+        hidden_size = self.config.text_config.hidden_size
+        nonempty = attention_mask.any(dim=1).nonzero().squeeze(1)
+        if nonempty.numel() == 0:
+            return torch.zeros(rows, length, hidden_size, device=attention_mask.device)
+        backbone_inputs = {name: value.index_select(0, nonempty) for name, value in inputs.items()}
+        if "use_cache" in _forward_parameters(self.model):
+            backbone_inputs["use_cache"] = False
+        outputs = self.model(attention_mask=attention_mask.index_select(0, nonempty).long(), **backbone_inputs)
+        hidden_states = getattr(outputs, "last_hidden_state", None)
+        if hidden_states is None:
+            raise ValueError(
+                f"The backbone {type(self.model).__name__} returned no `last_hidden_state`; PLANT needs a backbone "
+                "that outputs token hidden states (an encoder or a decoder's base model)."
+            )
+        if nonempty.numel() == rows:
+            return hidden_states
+        return hidden_states.new_zeros(rows, length, hidden_size).index_copy(0, nonempty, hidden_states)
+
+
+def _backbone_class(text_config) -> type:
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        return MODEL_MAPPING[type(text_config)]
+    except KeyError:
+        raise ValueError(
+            f"No AutoModel class is registered for backbone config {type(text_config).__name__} "
+            f"(model_type {text_config.model_type!r}); PLANT needs a backbone that AutoModel can build."
+        ) from None
+
+
+def _backbone_from_config(text_config) -> PreTrainedModel:
+    """The backbone's base model, without a pooler where the class has one (the head never reads it)."""
+    kwargs = {}
+    if "add_pooling_layer" in inspect.signature(_backbone_class(text_config).__init__).parameters:
+        kwargs["add_pooling_layer"] = False
+    return AutoModel.from_config(text_config, **kwargs)
+
+
+def _forward_parameters(module: nn.Module) -> set[str]:
+    return set(inspect.signature(module.forward).parameters)
+
+
+__all__ = ["PlantForMultiLabelClassification", "PlantLabelAttention", "PlantOutput", "PlantPreTrainedModel"]

