@@ -13,6 +13,7 @@ of per-label F1; `macro_f1_harmonic`, the harmonic mean of macro-precision and m
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ from scipy import sparse
 # Training-frequency buckets: (name, lowest count, highest count).
 FREQUENCY_BUCKETS = (("0", 0, 0), ("1-5", 1, 5), ("6-50", 6, 50), (">50", 51, np.inf))
 DEFAULT_KS = (1, 3, 5)
+# `evaluate.load(EVALUATE_MODULE_PATH)` gives these metrics as an `evaluate` module, without the Hub.
+EVALUATE_MODULE_PATH = str(Path(__file__).with_name("evaluate_xmc.py"))
 
 
 @dataclass
@@ -399,6 +402,7 @@ def _bucket_metrics(
 
 __all__ = [
     "DEFAULT_KS",
+    "EVALUATE_MODULE_PATH",
     "FREQUENCY_BUCKETS",
     "TopKPredictions",
     "as_truth_matrix",
