@@ -69,16 +69,38 @@ def run_evaluate(args: EvaluateArguments) -> dict[str, Any]:
     return report
 
 
+def run_mig(args):
+    from .training.pretrain import run_mig
+
+    return run_mig(args)
+
+
+def run_pretrain(args, training):
+    from .training.pretrain import run_pretrain
+
+    return run_pretrain(args, training)
+
+
 @dataclass
 class Command:
-    arguments: type
-    run: Callable[[Any], Any]
+    arguments: tuple[type, ...]
+    run: Callable[..., Any]
     help: str
 
 
-COMMANDS = {
-    "evaluate": Command(EvaluateArguments, run_evaluate, "Score a prediction file: JSON report and PNG plot."),
-}
+def _commands() -> dict[str, Command]:
+    from .planting.pretraining import RankerTrainingArguments
+    from .training.pretrain import MigArguments, PretrainArguments
+
+    return {
+        "mig": Command((MigArguments,), run_mig, "Build the MIG table of a training split (token-label evidence)."),
+        "pretrain": Command(
+            (PretrainArguments, RankerTrainingArguments),
+            run_pretrain,
+            "Pretrain the label attention as a ranker of tokens by MIG grade (planting, step 2).",
+        ),
+        "evaluate": Command((EvaluateArguments,), run_evaluate, "Score a prediction file: JSON report and PNG plot."),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,24 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"plant-hf {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
-    for name, command in COMMANDS.items():
+    for name, command in _commands().items():
         commands.add_parser(
-            name, dataclass_types=[command.arguments], help=command.help, description=command.arguments.__doc__
+            name, dataclass_types=list(command.arguments), help=command.help, description=command.arguments[0].__doc__
         )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .data import DataFormatError
+    from .planting import ArtifactMismatchError
 
     namespace = build_parser().parse_args(argv)
-    command = COMMANDS[namespace.command]
-    arguments = command.arguments(
-        **{item.name: getattr(namespace, item.name) for item in dataclasses.fields(command.arguments)}
-    )
+    command = _commands()[namespace.command]
+    arguments = [
+        kind(**{item.name: getattr(namespace, item.name) for item in dataclasses.fields(kind)})
+        for kind in command.arguments
+    ]
     try:
-        command.run(arguments)
-    except (DataFormatError, FileNotFoundError) as error:
+        command.run(*arguments)
+    except (DataFormatError, ArtifactMismatchError, FileNotFoundError) as error:
         print(f"plant-hf {namespace.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

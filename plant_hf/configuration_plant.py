@@ -40,6 +40,9 @@ class PlantConfig(PreTrainedConfig):
         label_block_size (`int`, *optional*):
             Score labels in blocks of this many, so that peak memory is bounded by `block x tokens` instead of
             `labels x tokens`. `None` scores all labels at once.
+        static_prior_rank (`int`, *optional*):
+            Add a static prior to the attention scores: token factors of this rank for the whole vocabulary, token
+            biases, and label factors, planted from a ranker trained on the MIG table alone. `None`: no prior.
         head_dropout (`float`, *optional*, defaults to 0.0):
             Dropout applied to the token states before the label attention.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -69,6 +72,7 @@ class PlantConfig(PreTrainedConfig):
     max_chunks: int | None = None
     streaming: bool = False
     label_block_size: int | None = None
+    static_prior_rank: int | None = None
     head_dropout: float = 0.0
     initializer_range: float = 0.02
 
@@ -98,7 +102,15 @@ class PlantConfig(PreTrainedConfig):
                 f"The backbone config ({type(self.text_config).__name__}) has no `hidden_size`; "
                 "PLANT needs a backbone that returns token hidden states."
             )
-        for name in ("label_attention_dim", "inattention_k", "chunk_size", "max_chunks", "label_block_size"):
+        names = (
+            "label_attention_dim",
+            "inattention_k",
+            "chunk_size",
+            "max_chunks",
+            "label_block_size",
+            "static_prior_rank",
+        )
+        for name in names:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be a positive integer or None, got {value}.")

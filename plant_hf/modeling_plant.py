@@ -223,7 +223,19 @@ class PlantLabelAttention(nn.Module):
 
     `s_lt = K_t . U_l + g_t`: a per-label bias would not change a softmax over tokens, so the only bias is the
     label-independent token salience `g_t = H_t . v`. The label bias `label_bias` enters the logits.
+    With a static prior (`prior_rank`), token factors `F` and token biases `f` of the vocabulary and label factors
+    `E` add `F_{x_t} . E_l + f_{x_t}` to the scores, where `x_t` is the token's id.
     """
+
+    # The parameters that score tokens: what a ranker trains and what planting copies.
+    PLANTABLE = (
+        "key.weight",
+        "salience.weight",
+        "label_queries",
+        "prior_token_factors",
+        "prior_token_bias",
+        "prior_label_factors",
+    )
 
     def __init__(
         self,
@@ -232,6 +244,8 @@ class PlantLabelAttention(nn.Module):
         num_labels: int,
         inattention_k: int | None = None,
         label_block_size: int | None = None,
+        vocab_size: int | None = None,
+        prior_rank: int | None = None,
     ):
         super().__init__()
         self.key = nn.Linear(hidden_size, attention_dim, bias=False)
@@ -239,6 +253,12 @@ class PlantLabelAttention(nn.Module):
         self.label_queries = nn.Parameter(torch.empty(num_labels, attention_dim))
         self.label_weights = nn.Parameter(torch.empty(num_labels, hidden_size))
         self.label_bias = nn.Parameter(torch.empty(num_labels))
+        if prior_rank is not None:
+            if vocab_size is None:
+                raise ValueError("A static prior needs the vocabulary size.")
+            self.prior_token_factors = nn.Parameter(torch.empty(vocab_size, prior_rank))
+            self.prior_token_bias = nn.Parameter(torch.empty(vocab_size))
+            self.prior_label_factors = nn.Parameter(torch.empty(num_labels, prior_rank))
         self.inattention_k = inattention_k
         self.label_block_size = label_block_size
 
@@ -246,27 +266,62 @@ class PlantLabelAttention(nn.Module):
     def num_labels(self) -> int:
         return self.label_queries.shape[0]
 
+    @property
+    def has_prior(self) -> bool:
+        return hasattr(self, "prior_token_factors")
+
     def label_blocks(self) -> list[slice]:
         size = self.label_block_size or self.num_labels
         return [slice(start, min(start + size, self.num_labels)) for start in range(0, self.num_labels, size)]
 
     def project_tokens(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor
+        self, hidden_states: torch.Tensor | None, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys `(batch, tokens, attention_dim)` and salience `(batch, tokens)`, `-inf` at masked tokens."""
-        keys = self.key(hidden_states)
-        salience = self.salience(hidden_states).squeeze(-1).masked_fill(~attention_mask.bool(), float("-inf"))
-        return keys, salience
+        """Keys `(batch, tokens, key_dim)` and salience `(batch, tokens)` (`-inf` at masked tokens).
+
+        With a prior the keys carry the token factors after the projected states; `hidden_states=None` scores by
+        the prior alone.
+        """
+        keys, salience = [], torch.zeros(attention_mask.shape, device=attention_mask.device)
+        if hidden_states is not None:
+            keys.append(self.key(hidden_states))
+            salience = self.salience(hidden_states).squeeze(-1)
+        if self.has_prior:
+            if input_ids is None:
+                raise ValueError("The static prior scores token ids: pass input_ids, not inputs_embeds.")
+            keys.append(self.prior_token_factors.float()[input_ids])
+            salience = salience + self.prior_token_bias.float()[input_ids]
+        return torch.cat(keys, dim=-1), salience.masked_fill(~attention_mask.bool(), float("-inf"))
+
+    def queries(self, labels: slice | torch.Tensor, contextual: bool = True) -> torch.Tensor:
+        """Label queries matching the keys of `project_tokens` (with or without the contextual part)."""
+        parts = [self.label_queries[labels].float()] if contextual else []
+        if self.has_prior:
+            parts.append(self.prior_label_factors[labels].float())
+        return torch.cat(parts, dim=-1)
 
     def block_scores(self, keys: torch.Tensor, salience: torch.Tensor, labels: slice) -> torch.Tensor:
         """Attention scores `(batch, tokens, labels in block)`; `-inf` at masked tokens."""
-        return keys @ self.label_queries[labels].float().T + salience.unsqueeze(-1)
+        return keys @ self.queries(labels).T + salience.unsqueeze(-1)
 
-    def scores(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Attention scores of every label for every token, `(batch, num_labels, tokens)`, before the softmax."""
-        with torch.autocast(hidden_states.device.type, enabled=False):
-            keys, salience = self.project_tokens(hidden_states.float(), attention_mask)
-            return self.block_scores(keys, salience, slice(None)).transpose(1, 2)
+    def document_label_scores(
+        self,
+        hidden_states: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+        label_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scores of each document's own labels over its tokens, `(batch, labels per document, tokens)`.
+
+        `label_ids` is `(batch, labels per document)`; entries `< 0` are padding and score `-inf`. With
+        `hidden_states=None` only the static prior scores.
+        """
+        with torch.autocast(attention_mask.device.type, enabled=False):
+            hidden_states = None if hidden_states is None else hidden_states.float()
+            keys, salience = self.project_tokens(hidden_states, attention_mask, input_ids)
+            queries = self.queries(label_ids.clamp(min=0), contextual=hidden_states is not None)
+            scores = torch.einsum("btd,bmd->bmt", keys, queries) + salience.unsqueeze(1)
+            return scores.masked_fill((label_ids < 0).unsqueeze(-1), float("-inf"))
 
     def init_state(self, batch_size: int, device: torch.device, keep_scores: bool = False) -> LabelAttentionState:
         blocks = []
@@ -282,12 +337,16 @@ class PlantLabelAttention(nn.Module):
         return LabelAttentionState(blocks=blocks, scores=[[] for _ in blocks] if keep_scores else None)
 
     def update(
-        self, state: LabelAttentionState, hidden_states: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        state: LabelAttentionState,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
     ) -> LabelAttentionState:
         """Fold the tokens `hidden_states` `(batch, tokens, hidden)` into the running attention `state`."""
         with torch.autocast(hidden_states.device.type, enabled=False):
             hidden_states = hidden_states.float()
-            keys, salience = self.project_tokens(hidden_states, attention_mask)
+            keys, salience = self.project_tokens(hidden_states, attention_mask, input_ids)
             # Under autograd each block is recomputed in the backward pass, so that training keeps only one
             # block's (tokens x labels) intermediates alive at a time.
             recompute = torch.is_grad_enabled() and len(state.blocks) > 1
@@ -366,6 +425,11 @@ class PlantPreTrainedModel(PreTrainedModel):
             init.normal_(module.label_weights, mean=0.0, std=self.config.initializer_range)
             init.zeros_(module.label_bias)
             init.zeros_(module.salience.weight)
+            if module.has_prior:
+                # Zero label factors and token biases: an unplanted prior adds nothing, yet still learns.
+                init.normal_(module.prior_token_factors, mean=0.0, std=self.config.initializer_range)
+                init.zeros_(module.prior_token_bias)
+                init.zeros_(module.prior_label_factors)
 
 
 class PlantForMultiLabelClassification(PlantPreTrainedModel):
@@ -401,6 +465,8 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             num_labels=config.num_labels,
             inattention_k=config.inattention_k,
             label_block_size=config.label_block_size,
+            vocab_size=config.text_config.vocab_size,
+            prior_rank=config.static_prior_rank,
         )
         self.post_init()
 
@@ -446,6 +512,27 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         model.label_attention.float()
         return model
 
+    def plant(self, attention_state: dict[str, torch.Tensor]) -> list[str]:
+        """Copy planted attention weights (trained by a ranker) into the label attention; return what was copied.
+
+        Only the parts that score tokens may be planted: `key.weight`, `salience.weight`, `label_queries` and the
+        static prior's `prior_*` tensors, each of the shape this model has. The label order must be the model's.
+        """
+        own = dict(self.label_attention.named_parameters())
+        plantable = sorted(set(self.label_attention.PLANTABLE) & set(own))
+        unknown = set(attention_state) - set(plantable)
+        if unknown:
+            raise ValueError(f"Cannot plant {sorted(unknown)} into this model: only {plantable} score tokens.")
+        for name, value in attention_state.items():
+            if value.shape != own[name].shape:
+                raise ValueError(
+                    f"Planted {name} has shape {tuple(value.shape)}, this model's has {tuple(own[name].shape)}."
+                )
+        with torch.no_grad():
+            for name, value in attention_state.items():
+                own[name].copy_(value.to(own[name].dtype))
+        return sorted(attention_state)
+
     def encode(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -472,44 +559,71 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        token_states: torch.FloatTensor | None = None,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
     ) -> PlantOutput:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)` or `(batch_size, chunks, chunk_length)`):
             Token ids. Flat documents longer than `config.chunk_size` are split into chunks here; pre-chunked input
-            is encoded chunk by chunk as given.
+            is encoded chunk by chunk as given. With `token_states`, the ids of the tokens whose states are given.
+        token_states (`torch.FloatTensor` of shape `(batch_size, tokens, hidden_size)`, *optional*):
+            Backbone states computed beforehand (a frozen backbone's cache): the backbone is skipped and only the
+            head runs. `attention_mask` is then `(batch_size, tokens)`.
         labels (`torch.Tensor` of shape `(batch_size, num_labels)`, *optional*):
             Multi-hot targets (0/1, or soft targets in [0, 1]) for the binary cross-entropy loss.
         output_attentions (`bool`, *optional*):
             Also return each label's attention over the input tokens (`label_attentions`).
         """
-        chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        if token_states is not None:
+            logits, maps = self._attend_to_states(token_states, attention_mask, input_ids, bool(output_attentions))
+        else:
+            chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
+            logits, maps = self._attend_to_chunks(chunks, bool(output_attentions))
+            maps = None if maps is None else chunks.to_input_layout(maps)
+        loss = None
+        if labels is not None:
+            if tuple(labels.shape) != tuple(logits.shape):
+                raise ValueError(
+                    f"labels must be multi-hot of shape (batch_size, num_labels) = {tuple(logits.shape)}, "
+                    f"got {tuple(labels.shape)}."
+                )
+            loss = F.binary_cross_entropy_with_logits(logits.float(), labels.to(logits.device, torch.float32))
+        return PlantOutput(loss=loss, logits=logits, label_attentions=maps)
+
+    def _attend_to_chunks(self, chunks: DocumentChunks, keep_maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size = chunks.attention_mask.shape[0]
-        if labels is not None and tuple(labels.shape) != (batch_size, self.config.num_labels):
-            raise ValueError(
-                f"labels must be multi-hot of shape (batch_size, num_labels) = ({batch_size}, "
-                f"{self.config.num_labels}), got {tuple(labels.shape)}."
-            )
-        state = self.label_attention.init_state(
-            batch_size, chunks.attention_mask.device, keep_scores=bool(output_attentions)
-        )
+        state = self.label_attention.init_state(batch_size, chunks.attention_mask.device, keep_scores=keep_maps)
         if self.config.streaming:
             for index in range(chunks.num_chunks):
                 inputs, mask = chunks.chunk(index)
-                state = self.label_attention.update(state, self.dropout(self._run_backbone(inputs, mask)), mask)
+                hidden_states = self.dropout(self._run_backbone(inputs, mask))
+                state = self.label_attention.update(state, hidden_states, mask, inputs.get("input_ids"))
         else:
             inputs, mask = chunks.flat()
             hidden_states = self._run_backbone(inputs, mask).view(batch_size, -1, self.config.text_config.hidden_size)
-            state = self.label_attention.update(state, self.dropout(hidden_states), mask.view(batch_size, -1))
-        logits, maps = self.label_attention.finalize(state)
+            token_ids = inputs["input_ids"].reshape(batch_size, -1) if "input_ids" in inputs else None
+            state = self.label_attention.update(
+                state, self.dropout(hidden_states), mask.view(batch_size, -1), token_ids
+            )
+        return self.label_attention.finalize(state)
 
-        loss = None
-        if labels is not None:
-            loss = F.binary_cross_entropy_with_logits(logits.float(), labels.to(logits.device, torch.float32))
-        return PlantOutput(
-            loss=loss, logits=logits, label_attentions=None if maps is None else chunks.to_input_layout(maps)
-        )
+    def _attend_to_states(
+        self,
+        token_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        keep_maps: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if attention_mask is None:
+            attention_mask = torch.ones(token_states.shape[:2], dtype=torch.bool, device=token_states.device)
+        if attention_mask.shape != token_states.shape[:2]:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(token_states.shape[:2])}."
+            )
+        state = self.label_attention.init_state(token_states.shape[0], token_states.device, keep_scores=keep_maps)
+        state = self.label_attention.update(state, self.dropout(token_states), attention_mask.bool(), input_ids)
+        return self.label_attention.finalize(state)
 
     def _chunk(self, input_ids, attention_mask, token_type_ids, inputs_embeds) -> DocumentChunks:
         if (input_ids is None) == (inputs_embeds is None):

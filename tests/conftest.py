@@ -94,3 +94,33 @@ def tiny_model(name: str = "llama", num_labels: int = 6, seed: int = 0, **head_k
     torch.nn.init.normal_(model.label_attention.salience.weight, std=0.5)
     torch.nn.init.normal_(model.label_attention.label_queries, std=0.5)
     return model.eval()
+
+
+def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over `words`, with `[PAD]`=0, `[CLS]`=1, `[SEP]`=2, `[UNK]`=3 around every text."""
+    from tokenizers import processors
+
+    vocab = {"[PAD]": 0, "[CLS]": 1, "[SEP]": 2, "[UNK]": 3, **{word: i + 4 for i, word in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+
+
+def save_backbone(folder, family: str = "bert", words: list[str] | None = None, seed: int = 0):
+    """Save a tiny random backbone and a word-level tokenizer (over the synthetic corpus's words) to `folder`."""
+    from transformers import AutoModel
+
+    from plant_hf.data.synthetic import synthetic_words
+
+    words = words or synthetic_words(600, seed=1234)
+    config = tiny_backbone(family)
+    config.vocab_size = len(words) + 4
+    torch.manual_seed(seed)
+    AutoModel.from_config(config).save_pretrained(folder)
+    word_tokenizer(words).save_pretrained(folder)
+    return str(folder)

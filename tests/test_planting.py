@@ -1,0 +1,336 @@
+"""Planting: MIG tables, rankers, and the transplant into a classifier."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from plant_hf import PlantForMultiLabelClassification
+from plant_hf.data.synthetic import synthetic_words, write_synthetic_corpus
+from plant_hf.planting import ArtifactMismatchError, MIGTable, build_mig_table
+from plant_hf.planting.mig import normalized_mutual_information, rank_grades
+from plant_hf.planting.pretraining import RankerTrainingArguments
+from plant_hf.planting.ranking import approx_ndcg_loss, ndcg_at_k
+from plant_hf.planting.transplant import load_ranker, plant
+from plant_hf.training.pretrain import MigArguments, PretrainArguments, run_mig, run_pretrain
+
+from conftest import save_backbone, word_tokenizer
+
+
+def mi_from_table(n11, n10, n01, n00):
+    """Mutual information of a 2x2 table written out cell by cell, and its Jaccard normalisation."""
+    n = n11 + n10 + n01 + n00
+    cells = [
+        (n11, n11 + n10, n11 + n01),
+        (n10, n11 + n10, n10 + n00),
+        (n01, n01 + n00, n11 + n01),
+        (n00, n01 + n00, n10 + n00),
+    ]
+    mi = sum(c / n * math.log((c / n) / ((a / n) * (b / n))) for c, a, b in cells if c)
+    h = lambda p: -(p * math.log(p) + (1 - p) * math.log(1 - p)) if 0 < p < 1 else 0.0  # noqa: E731
+    return mi / (h((n11 + n10) / n) + h((n11 + n01) / n) - mi)
+
+
+def test_mig_equals_the_2x2_computation_on_a_hand_checkable_case():
+    words = ["alpha", "beta", "gamma", "delta"]
+    tokenizer = word_tokenizer(words)
+    texts = ["alpha beta", "alpha gamma", "alpha beta delta", "gamma delta", "beta", "gamma gamma"]
+    labels = [["X"], ["X"], ["X", "Y"], ["Y"], [], ["Y"]]
+    table = build_mig_table(texts, labels, tokenizer, top_k=10, progress=False)
+    x = table.config.labels.index("X")
+    tokens, scores, _ = table.label_tokens(x)
+    got = {tokenizer.convert_ids_to_tokens(int(t)): float(s) for t, s in zip(tokens, scores, strict=True)}
+    # alpha: in 3 docs, all labelled X (of 3 X docs) -> n11=3, n10=0, n01=0, n00=3
+    assert got["alpha"] == pytest.approx(mi_from_table(3, 0, 0, 3)) == pytest.approx(1.0)
+    # beta: docs 0, 2, 4; X docs 0, 1, 2 -> n11=2, n10=1, n01=1, n00=2
+    assert got["beta"] == pytest.approx(mi_from_table(2, 1, 1, 2))
+    # gamma (docs 1, 3, 5) is rarer in X documents than elsewhere: not evidence for X
+    assert "gamma" not in got and "delta" not in got
+    y_tokens = {tokenizer.convert_ids_to_tokens(int(t)) for t in table.label_tokens(table.config.labels.index("Y"))[0]}
+    assert y_tokens == {"gamma", "delta"}
+    np.testing.assert_allclose(
+        normalized_mutual_information(np.array([2]), np.array([3]), np.array([3]), 6), [mi_from_table(2, 1, 1, 2)]
+    )
+
+
+def test_grades_are_monotone_in_mig_and_finer_at_the_top():
+    corpus = synthetic_corpus_records(300)
+    tokenizer = word_tokenizer(synthetic_words(600, seed=1234))
+    table = build_mig_table(
+        [r["text"] for r in corpus], [r["labels"] for r in corpus], tokenizer, top_k=64, progress=False
+    )
+    for label in range(table.num_labels):
+        _, scores, grades = table.label_tokens(label)
+        assert np.all(np.diff(scores) <= 0)
+        assert np.all(np.diff(grades) <= 0)
+        for value in np.unique(scores):
+            assert len(set(grades[scores == value])) == 1  # tied MIG, same grade
+    assert rank_grades(np.arange(8), np.full(8, 8), 4).tolist() == [4, 3, 2, 2, 1, 1, 1, 1]
+    top = rank_grades(np.arange(256), np.full(256, 256), 8)
+    assert np.bincount(top, minlength=9).tolist() == [0, 128, 64, 32, 16, 8, 4, 2, 2]
+
+
+def synthetic_corpus_records(count):
+    from plant_hf.data.synthetic import synthetic_records
+
+    return synthetic_records(count, num_labels=12)
+
+
+def test_lookup_grades_matches_the_table():
+    corpus = synthetic_corpus_records(200)
+    tokenizer = word_tokenizer(synthetic_words(600, seed=1234))
+    table = build_mig_table(
+        [r["text"] for r in corpus], [r["labels"] for r in corpus], tokenizer, top_k=16, progress=False
+    )
+    tokens, _, grades = table.label_tokens(3)
+    assert table.lookup_grades(torch.as_tensor(tokens), 3).tolist() == grades.tolist()
+    absent = np.setdiff1d(np.arange(50), tokens)[:5]
+    assert table.lookup_grades(torch.as_tensor(absent), 3).tolist() == [0] * 5
+
+
+def test_mig_table_round_trips_and_refuses_other_tokenizers_and_labels(tmp_path):
+    corpus = synthetic_corpus_records(100)
+    words = synthetic_words(600, seed=1234)
+    tokenizer = word_tokenizer(words)
+    table = build_mig_table([r["text"] for r in corpus], [r["labels"] for r in corpus], tokenizer, progress=False)
+    table.save(tmp_path)
+    loaded = MIGTable.load(tmp_path)
+    assert loaded.config == table.config
+    np.testing.assert_array_equal(loaded.token_ids, table.token_ids)
+    loaded.check_compatible(tokenizer, table.config.labels)
+    with pytest.raises(ArtifactMismatchError, match="splits text differently"):
+        loaded.check_compatible(word_tokenizer(list(reversed(words))))
+    with pytest.raises(ArtifactMismatchError, match="Rebuild it from this training split"):
+        loaded.check_compatible(tokenizer, [*table.config.labels[:-1], "another label"])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planting")
+    corpus = write_synthetic_corpus(root / "corpus", {"train": 240, "dev": 60, "test": 60}, num_labels=16)
+    backbone = save_backbone(root / "backbone")
+    run_mig(MigArguments(data=str(corpus), backbone=backbone, output=str(root / "mig"), top_k=32))
+    return root
+
+
+def pretrain(root, name, **kwargs):
+    training = RankerTrainingArguments(**{"epochs": 6, "learning_rate": 2e-2, **kwargs.pop("training", {})})
+    arguments = PretrainArguments(
+        data=str(root / "corpus"),
+        backbone=str(root / kwargs.pop("backbone", "backbone")),
+        mig=str(root / "mig"),
+        output=str(root / name),
+        chunk_size=64,
+        max_chunks=4,
+        prior_rank=8,
+        **kwargs,
+    )
+    return run_pretrain(arguments, training)
+
+
+def test_mig_never_reads_dev_or_test_documents(workspace, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.jsonl").write_text((workspace / "corpus" / "train.jsonl").read_text())
+    (corpus / "dev.jsonl").write_text("this is not JSON\n")
+    (corpus / "test.jsonl").write_text("neither is this\n")
+    run_mig(
+        MigArguments(data=str(corpus), backbone=str(workspace / "backbone"), output=str(tmp_path / "mig"), top_k=32)
+    )
+    same = MIGTable.load(tmp_path / "mig")
+    reference = MIGTable.load(workspace / "mig")
+    np.testing.assert_array_equal(same.token_ids, reference.token_ids)
+    np.testing.assert_array_equal(same.scores, reference.scores)
+
+
+@pytest.fixture(scope="module")
+def contextual_ranker(workspace):
+    return pretrain(workspace, "ranker", ranker="contextual", cache_dir=str(workspace / "cache"))
+
+
+def test_contextual_ranker_ndcg_rises_and_beats_random_init(contextual_ranker):
+    metrics = load_ranker(contextual_ranker).config.metrics["contextual"]
+    curve = [entry["eval_ndcg"] for entry in metrics["history"] if "eval_ndcg" in entry]
+    assert len(curve) == 6 and curve[-1] > curve[0]
+    assert metrics["trained"] > metrics["random_init"] + 0.2
+
+
+def test_static_ranker_learns_from_the_mig_table_alone(workspace):
+    folder = pretrain(workspace, "static-ranker", ranker="static", training={"epochs": 30})
+    ranker = load_ranker(folder)
+    assert set(ranker.state) == {"prior_token_factors", "prior_token_bias", "prior_label_factors"}
+    metrics = ranker.config.metrics["static"]
+    assert metrics["trained"] > metrics["random_init"] + 0.3
+
+
+def test_transplanted_attention_scores_like_the_ranker(workspace, contextual_ranker):
+    ranker = load_ranker(contextual_ranker)
+    labels = ranker.config.labels
+    # the classifier lists the labels in another order than the ranker: planting must follow the names
+    shuffled = [labels[i] for i in np.random.default_rng(0).permutation(len(labels))]
+    model = PlantForMultiLabelClassification.from_backbone(
+        str(workspace / "backbone"), id2label=dict(enumerate(shuffled)), chunk_size=64
+    ).eval()
+    planted = plant(model, ranker)
+    assert planted == ["key.weight", "label_queries", "salience.weight"]
+    ranking_attention = PlantForMultiLabelClassification.from_backbone(
+        str(workspace / "backbone"), id2label=dict(enumerate(labels)), chunk_size=64
+    ).label_attention
+    ranking_attention.load_state_dict(ranker.state, strict=False)
+    ids = torch.randint(4, 200, (2, 1, 20))
+    states = model.encode(ids, torch.ones_like(ids))
+    label_names = [labels[3], labels[7]]
+    by_ranker = ranking_attention.document_label_scores(
+        states.hidden_states, states.attention_mask, torch.tensor([[3, 7]] * 2)
+    )
+    by_model = model.label_attention.document_label_scores(
+        states.hidden_states, states.attention_mask, torch.tensor([[shuffled.index(n) for n in label_names]] * 2)
+    )
+    torch.testing.assert_close(by_model, by_ranker)
+    # the forward pass attends with exactly those scores
+    maps = model(input_ids=ids, output_attentions=True).label_attentions
+    torch.testing.assert_close(maps[:, shuffled.index(labels[3])], torch.softmax(by_ranker[:, 0], dim=-1))
+
+
+def test_planted_model_saves_and_loads_like_any_checkpoint(workspace, contextual_ranker, tmp_path):
+    labels = load_ranker(contextual_ranker).config.labels
+    model = PlantForMultiLabelClassification.from_backbone(
+        str(workspace / "backbone"), id2label=dict(enumerate(labels)), chunk_size=64
+    ).eval()
+    plant(model, contextual_ranker)
+    model.save_pretrained(tmp_path)
+    reloaded = PlantForMultiLabelClassification.from_pretrained(tmp_path).eval()
+    ids = torch.randint(4, 200, (2, 30))
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
+
+
+def test_artifacts_for_other_labels_or_tokenizers_are_refused(workspace, contextual_ranker, tmp_path):
+    labels = load_ranker(contextual_ranker).config.labels
+    other = PlantForMultiLabelClassification.from_backbone(
+        str(workspace / "backbone"), id2label=dict(enumerate([*labels[:-1], "unknown"])), chunk_size=64
+    )
+    with pytest.raises(ArtifactMismatchError, match="1 of them unknown to the ranker"):
+        plant(other, contextual_ranker)
+    same_labels = PlantForMultiLabelClassification.from_backbone(
+        str(workspace / "backbone"), id2label=dict(enumerate(labels)), chunk_size=64
+    )
+    with pytest.raises(ArtifactMismatchError, match="splits text differently"):
+        plant(same_labels, contextual_ranker, tokenizer=word_tokenizer(["a", "b"]))
+    static = pretrain(workspace, "prior-ranker", ranker="static", training={"epochs": 1})
+    with pytest.raises(ArtifactMismatchError, match="build the classifier with static_prior_rank=8"):
+        plant(same_labels, static)
+    # a MIG table of another corpus (other labels) is refused before any training
+    other_corpus = write_synthetic_corpus(tmp_path / "other", {"train": 50}, num_labels=5)
+    with pytest.raises(ArtifactMismatchError, match="was built for 16 labels, not these 5"):
+        run_pretrain(
+            PretrainArguments(
+                data=str(other_corpus),
+                backbone=str(workspace / "backbone"),
+                mig=str(workspace / "mig"),
+                output=str(tmp_path / "r"),
+            ),
+            RankerTrainingArguments(),
+        )
+
+
+def test_lora_ranker_plants_its_adapter_merged(workspace):
+    from plant_hf.data.synthetic import synthetic_words as words
+
+    save_backbone(workspace / "llama", family="llama", words=words(600, seed=1234))
+    run_mig(
+        MigArguments(
+            data=str(workspace / "corpus"),
+            backbone=str(workspace / "llama"),
+            output=str(workspace / "llama-mig"),
+            top_k=32,
+        )
+    )
+    folder = run_pretrain(
+        PretrainArguments(
+            data=str(workspace / "corpus"),
+            backbone=str(workspace / "llama"),
+            mig=str(workspace / "llama-mig"),
+            output=str(workspace / "lora-ranker"),
+            chunk_size=64,
+            max_chunks=2,
+            backbone_mode="lora",
+            lora_r=4,
+        ),
+        RankerTrainingArguments(epochs=1, batch_size=8, backbone_learning_rate=1e-2),
+    )
+    ranker = load_ranker(folder)
+    assert ranker.config.lora and (folder / "adapter" / "adapter_model.safetensors").exists()
+    labels = ranker.config.labels
+    fresh = PlantForMultiLabelClassification.from_backbone(
+        str(workspace / "llama"), id2label=dict(enumerate(labels)), chunk_size=64
+    ).eval()
+    ids = torch.randint(4, 200, (1, 1, 16))
+    before = fresh.encode(ids, torch.ones_like(ids)).hidden_states
+    planted = plant(fresh, ranker)
+    assert "backbone LoRA (merged)" in planted and type(fresh.model).__name__ == "LlamaModel"
+    after = fresh.encode(ids, torch.ones_like(ids)).hidden_states
+    assert not torch.allclose(before, after)  # the adapter trained and changed the backbone
+
+
+def test_approx_ndcg_and_exact_ndcg_on_a_hand_checkable_list():
+    grades = torch.tensor([[[0, 2, 1, 0]]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    perfect = torch.tensor([[[0.0, 30.0, 20.0, 10.0]]])
+    reversed_scores = -perfect
+    assert ndcg_at_k(perfect, grades, mask, k=4).item() == pytest.approx(1.0)
+    # reversed: grade 1 at rank 3, grade 2 at rank 4 -> (1/log2(4) + 3/log2(5)) / (3/1 + 1/log2(3))
+    expected = (1 / math.log2(4) + 3 / math.log2(5)) / (3 + 1 / math.log2(3))
+    assert ndcg_at_k(reversed_scores, grades, mask, k=4).item() == pytest.approx(expected)
+    assert approx_ndcg_loss(perfect, grades, mask, temperature=0.1).item() == pytest.approx(0.0, abs=1e-6)
+    assert approx_ndcg_loss(reversed_scores, grades, mask, temperature=0.1).item() == pytest.approx(
+        1 - expected, abs=1e-4
+    )
+    padded = torch.cat([perfect, torch.full((1, 1, 4), float("-inf"))], dim=1)  # a padded label row
+    loss = approx_ndcg_loss(padded.requires_grad_(), torch.cat([grades, grades * 0], 1), mask)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(padded.grad).all()
+
+
+def test_cli_mig_and_pretrain_chain(workspace, tmp_path):
+    def cli(*arguments):
+        result = subprocess.run(
+            [sys.executable, "-m", "plant_hf.cli", *arguments], capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    out = cli(
+        "mig",
+        "--data",
+        str(workspace / "corpus"),
+        "--backbone",
+        str(workspace / "backbone"),
+        "--output",
+        str(tmp_path / "mig"),
+        "--top_k",
+        "32",
+    )
+    assert "MIG table of 16 labels" in out
+    out = cli(
+        "pretrain",
+        "--data",
+        str(workspace / "corpus"),
+        "--backbone",
+        str(workspace / "backbone"),
+        "--mig",
+        str(tmp_path / "mig"),
+        "--output",
+        str(tmp_path / "ranker"),
+        "--chunk_size",
+        "64",
+        "--epochs",
+        "1",
+    )
+    assert "contextual ranker, held-out token-ranking nDCG@10" in out
+    config = json.loads((tmp_path / "ranker" / "ranker_config.json").read_text())
+    assert config["kind"] == "contextual" and config["metrics"]["held_out"] == "dev split"
+    assert "--mig" in cli("pretrain", "--help")
