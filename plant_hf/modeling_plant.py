@@ -23,10 +23,6 @@ from .configuration_plant import PlantConfig
 
 logger = logging.get_logger(__name__)
 
-# Token inputs that are split into chunks alongside `input_ids`.
-_CHUNKED_INPUTS = ("input_ids", "inputs_embeds", "token_type_ids")
-
-
 @dataclass
 class PlantOutput(ModelOutput):
     """
