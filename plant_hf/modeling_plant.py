@@ -23,6 +23,7 @@ from .configuration_plant import PlantConfig
 
 logger = logging.get_logger(__name__)
 
+
 @dataclass
 class PlantOutput(ModelOutput):
     """

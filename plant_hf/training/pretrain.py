@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from datasets import Dataset
 from transformers import AutoTokenizer
 
@@ -115,54 +116,119 @@ def run_pretrain(args: PretrainArguments, training: RankerTrainingArguments) -> 
     vocabulary = LabelVocabulary.from_training(corpus.splits["train"]["labels"])
     tokenizer = AutoTokenizer.from_pretrained(args.backbone, trust_remote_code=args.trust_remote_code)
     mig.check_compatible(tokenizer, vocabulary.labels, name=args.mig)
-    model = PlantForMultiLabelClassification.from_backbone(
-        args.backbone,
-        id2label=vocabulary.id2label,
-        chunk_size=args.chunk_size,
-        max_chunks=args.max_chunks,
-        label_attention_dim=args.attention_dim,
-        static_prior_rank=args.prior_rank if args.ranker in ("static", "both") else None,
-        trust_remote_code=args.trust_remote_code,
-    )
     train_docs, held_out, held_out_note = _evaluation_split(corpus, training.seed)
     tokenized = {
         name: tokenize_split(split, tokenizer, vocabulary, args.chunk_size, args.max_chunks, split=name)[0]
         for name, split in (("train", train_docs), ("held-out", held_out))
     }
-    metrics: dict[str, Any] = {"held_out": held_out_note, "ndcg_k": training.ndcg_k}
-    output = Path(args.output)
-    if args.ranker in ("static", "both"):
-        metrics["static"] = _pretrain_static(model, mig, tokenized, args, training, output)
+    return pretrain_ranker(
+        ranking_model(
+            args.backbone,
+            vocabulary,
+            args.ranker,
+            args.chunk_size,
+            args.max_chunks,
+            args.attention_dim,
+            args.prior_rank,
+            args.trust_remote_code,
+        ),
+        mig,
+        tokenizer,
+        tokenized,
+        RankerSetup(
+            kind=args.ranker,
+            backbone_mode=args.backbone_mode,
+            lora_r=args.lora_r,
+            cache_dir=args.cache_dir,
+            encode_batch_size=args.encode_batch_size,
+            held_out=held_out_note,
+        ),
+        training,
+        Path(args.output),
+        source={"backbone": args.backbone, **asdict(args)},
+    )
+
+
+@dataclass
+class RankerSetup:
+    """How a ranker is built around the backbone (the training itself is in `RankerTrainingArguments`)."""
+
+    kind: str = "contextual"
+    backbone_mode: str = "frozen"
+    lora_r: int = 16
+    cache_dir: str | None = None
+    encode_batch_size: int = 16
+    held_out: str = "dev split"
+
+
+def ranking_model(
+    backbone: str,
+    vocabulary: LabelVocabulary,
+    kind: str,
+    chunk_size: int,
+    max_chunks: int | None,
+    attention_dim: int | None = None,
+    prior_rank: int = 64,
+    trust_remote_code: bool = False,
+) -> PlantForMultiLabelClassification:
+    """The backbone (unquantised) with a fresh label attention for the ranker to train."""
+    return PlantForMultiLabelClassification.from_backbone(
+        backbone,
+        id2label=vocabulary.id2label,
+        chunk_size=chunk_size,
+        max_chunks=max_chunks,
+        label_attention_dim=attention_dim,
+        static_prior_rank=prior_rank if kind in ("static", "both") else None,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def pretrain_ranker(
+    model: PlantForMultiLabelClassification,
+    mig: MIGTable,
+    tokenizer,
+    tokenized: dict[str, Dataset],
+    setup: RankerSetup,
+    training: RankerTrainingArguments,
+    output: Path,
+    source: dict[str, Any],
+) -> Path:
+    """Train `model.label_attention` as a ranker on the `train` documents of `tokenized`, report its nDCG on the
+    `held-out` ones against its random initialisation, and write the ranker folder."""
+    metrics: dict[str, Any] = {"held_out": setup.held_out, "ndcg_k": training.ndcg_k}
+    if setup.kind in ("static", "both"):
+        metrics["static"] = _pretrain_static(model, mig, tokenized, training, output)
     peft_backbone = None
-    if args.ranker in ("contextual", "both"):
-        if args.backbone_mode == "lora":
+    if setup.kind in ("contextual", "both"):
+        if setup.backbone_mode == "lora":
             from peft import get_peft_model
 
             model.model = get_peft_model(
-                model.model, lora_config_for(model.model, model.config.text_config.model_type, r=args.lora_r)
+                model.model, lora_config_for(model.model, model.config.text_config.model_type, r=setup.lora_r)
             )
             peft_backbone = model.model
-        metrics["contextual"] = _pretrain_contextual(model, mig, tokenized, tokenizer, args, training, output)
+        metrics["contextual"] = _pretrain_contextual(model, mig, tokenized, tokenizer, setup, training, output)
+    labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
     config = RankerConfig(
-        kind="contextual+static" if args.ranker == "both" else args.ranker,
-        labels=vocabulary.labels,
-        label_fingerprint=vocabulary.fingerprint,
-        tokenizer_name=args.backbone,
+        kind="contextual+static" if setup.kind == "both" else setup.kind,
+        labels=labels,
+        label_fingerprint=LabelVocabulary(labels, np.zeros(len(labels)), 0).fingerprint,
+        tokenizer_name=str(getattr(tokenizer, "name_or_path", "")),
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-        backbone=args.backbone,
+        backbone=str(source.get("backbone", "")),
         hidden_size=model.config.text_config.hidden_size,
         attention_dim=model.config.label_attention_dim,
         prior_rank=model.config.static_prior_rank,
         vocab_size=model.config.text_config.vocab_size,
         metrics=metrics,
-        training={**asdict(args), **asdict(training)},
+        training={**source, **asdict(setup), **asdict(training)},
     )
     save_ranker(output, model.label_attention, config, peft_backbone=peft_backbone)
     _print_summary(metrics, output)
     return output
 
 
-def _pretrain_static(model, mig, tokenized, args, training, output: Path) -> dict[str, Any]:
+def _pretrain_static(model, mig, tokenized, training, output: Path) -> dict[str, Any]:
     ranker = StaticRanker(model.label_attention, temperature=training.temperature, ndcg_k=training.ndcg_k)
     on_documents = DocumentRanker(model.label_attention, contextual=False, ndcg_k=training.ndcg_k)
     held_out = tokenized["held-out"]
@@ -180,9 +246,9 @@ def _pretrain_static(model, mig, tokenized, args, training, output: Path) -> dic
     return {"random_init": before, "trained": after, "history": history(trainer)}
 
 
-def _pretrain_contextual(model, mig, tokenized, tokenizer, args, training, output: Path) -> dict[str, Any]:
+def _pretrain_contextual(model, mig, tokenized, tokenizer, setup, training, output: Path) -> dict[str, Any]:
     collator = RankerCollator(mig, max_labels=training.max_labels, pad_token_id=_pad_id(model))
-    if args.backbone_mode == "frozen":
+    if setup.backbone_mode == "frozen":
         fingerprint = tokenizer_fingerprint(tokenizer)
         documents = {
             name: CachedDocuments(
@@ -190,8 +256,8 @@ def _pretrain_contextual(model, mig, tokenized, tokenizer, args, training, outpu
                     model,
                     split,
                     fingerprint,
-                    args.cache_dir,
-                    batch_size=args.encode_batch_size,
+                    setup.cache_dir,
+                    batch_size=setup.encode_batch_size,
                     pad_token_id=_pad_id(model),
                 ),
                 split["label_ids"],
@@ -238,4 +304,12 @@ def _print_summary(metrics: dict[str, Any], output: Path) -> None:
     print(f"held-out documents: {metrics['held_out']}\nranker -> {output}")
 
 
-__all__ = ["MigArguments", "PretrainArguments", "run_mig", "run_pretrain"]
+__all__ = [
+    "MigArguments",
+    "PretrainArguments",
+    "RankerSetup",
+    "pretrain_ranker",
+    "ranking_model",
+    "run_mig",
+    "run_pretrain",
+]
