@@ -81,6 +81,12 @@ def run_pretrain(args, training):
     return run_pretrain(args, training)
 
 
+def run_fit(args, training):
+    from .training.recipe import fit
+
+    return fit(args, training)
+
+
 @dataclass
 class Command:
     arguments: tuple[type, ...]
@@ -91,8 +97,16 @@ class Command:
 def _commands() -> dict[str, Command]:
     from .planting.pretraining import RankerTrainingArguments
     from .training.pretrain import MigArguments, PretrainArguments
+    from .training.recipe import PlantArguments
+    from .training.trainer import PlantTrainingArguments
 
     return {
+        "fit": Command(
+            (PlantArguments, PlantTrainingArguments),
+            run_fit,
+            "The whole recipe: MIG -> ranker -> plant -> fine-tune -> evaluate -> model card (no arguments: a demo "
+            "on a built-in corpus with the offline MiniLM). Also takes a YAML/JSON file of the same options.",
+        ),
         "mig": Command((MigArguments,), run_mig, "Build the MIG table of a training split (token-label evidence)."),
         "pretrain": Command(
             (PretrainArguments, RankerTrainingArguments),
@@ -119,20 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from .data import DataFormatError
-    from .planting import ArtifactMismatchError
-
+def parse_command(argv: Sequence[str]) -> tuple[str, list[Any]]:
+    """The subcommand and its argument dataclasses, from options or from one YAML/JSON file of them."""
+    commands = _commands()
+    if len(argv) == 2 and argv[0] in commands and argv[1].endswith((".yaml", ".yml", ".json")):
+        parser = HfArgumentParser(commands[argv[0]].arguments)
+        read = parser.parse_json_file if argv[1].endswith(".json") else parser.parse_yaml_file
+        return argv[0], list(read(argv[1]))
     namespace = build_parser().parse_args(argv)
-    command = _commands()[namespace.command]
-    arguments = [
-        kind(**{item.name: getattr(namespace, item.name) for item in dataclasses.fields(kind)})
-        for kind in command.arguments
+    return namespace.command, [
+        kind(**{item.name: getattr(namespace, item.name) for item in dataclasses.fields(kind) if item.init})
+        for kind in commands[namespace.command].arguments
     ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; errors about the input end it with their message and exit status 2."""
+    name, arguments = parse_command(list(sys.argv[1:] if argv is None else argv))
     try:
-        command.run(*arguments)
-    except (DataFormatError, ArtifactMismatchError, FileNotFoundError) as error:
-        print(f"plant-hf {namespace.command}: error: {error}", file=sys.stderr)
+        _commands()[name].run(*arguments)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"plant-hf {name}: error: {error}", file=sys.stderr)
         return 2
     return 0
 

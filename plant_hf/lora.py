@@ -25,8 +25,13 @@ def lora_config_for(
     alpha: int | None = None,
     dropout: float = 0.05,
     target_modules: list[str] | None = None,
+    prefix: str | None = None,
 ) -> LoraConfig:
-    """A LoRA config for a backbone: the family's targets (or the given ones), each present in the backbone."""
+    """A LoRA config for a backbone: the family's targets (or the given ones), each present in the backbone.
+
+    With `prefix` (the backbone's attribute in a wrapping model, e.g. `"model"`) the targets become a pattern that
+    matches only inside it, so that the label attention (whose `key` a BERT target would name too) is never wrapped.
+    """
     targets = list(target_modules or LORA_TARGET_MODULES.get(model_type, ()))
     if not targets:
         raise ValueError(
@@ -40,7 +45,8 @@ def lora_config_for(
             f"The backbone ({model_type}) has no linear layer named {missing}; its linear layers are "
             f"{sorted(present)[:20]}. Name LoRA targets that exist."
         )
-    return LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=dropout, target_modules=targets, bias="none")
+    pattern = rf"{prefix}\..*\.({'|'.join(targets)})" if prefix else targets
+    return LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=dropout, target_modules=pattern, bias="none")
 
 
 __all__ = ["LORA_TARGET_MODULES", "lora_config_for"]

@@ -184,7 +184,7 @@ class LabelAttentionState:
     """
 
     blocks: list[tuple[torch.Tensor, ...]]
-    scores: list[list[torch.Tensor]] | None = None  # per block, per update: (batch, tokens, block) when maps are kept
+    scores: list[list[torch.Tensor]] | None = None  # per block, per fold: (batch, tokens, block) when maps are kept
 
 
 def _online_softmax_step(
@@ -333,7 +333,7 @@ class PlantLabelAttention(nn.Module):
                 blocks.append((empty, empty))
         return LabelAttentionState(blocks=blocks, scores=[[] for _ in blocks] if keep_scores else None)
 
-    def update(
+    def fold(
         self,
         state: LabelAttentionState,
         hidden_states: torch.Tensor,
@@ -491,7 +491,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         ... )  # doctest: +SKIP
         ```
         """
-        head_fields = {name for name in PlantConfig.__dataclass_fields__ if name != "text_config"}
+        head_fields = set(PlantConfig.__annotations__) - {"text_config"}
         config_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in head_fields}
         hub_kwargs = {
             name: kwargs[name]
@@ -595,14 +595,12 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             for index in range(chunks.num_chunks):
                 inputs, mask = chunks.chunk(index)
                 hidden_states = self.dropout(self._run_backbone(inputs, mask))
-                state = self.label_attention.update(state, hidden_states, mask, inputs.get("input_ids"))
+                state = self.label_attention.fold(state, hidden_states, mask, inputs.get("input_ids"))
         else:
             inputs, mask = chunks.flat()
             hidden_states = self._run_backbone(inputs, mask).view(batch_size, -1, self.config.text_config.hidden_size)
             token_ids = inputs["input_ids"].reshape(batch_size, -1) if "input_ids" in inputs else None
-            state = self.label_attention.update(
-                state, self.dropout(hidden_states), mask.view(batch_size, -1), token_ids
-            )
+            state = self.label_attention.fold(state, self.dropout(hidden_states), mask.view(batch_size, -1), token_ids)
         return self.label_attention.finalize(state)
 
     def _attend_to_states(
@@ -619,7 +617,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(token_states.shape[:2])}."
             )
         state = self.label_attention.init_state(token_states.shape[0], token_states.device, keep_scores=keep_maps)
-        state = self.label_attention.update(state, self.dropout(token_states), attention_mask.bool(), input_ids)
+        state = self.label_attention.fold(state, self.dropout(token_states), attention_mask.bool(), input_ids)
         return self.label_attention.finalize(state)
 
     def _chunk(self, input_ids, attention_mask, token_type_ids, inputs_embeds) -> DocumentChunks:

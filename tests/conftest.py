@@ -111,13 +111,19 @@ def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     )
 
 
+def synthetic_corpus_words() -> list[str]:
+    """Every word the synthetic corpus uses for up to 60 labels."""
+    from plant_hf.data.synthetic import synthetic_vocabulary
+
+    evidence, noise = synthetic_vocabulary(num_labels=60)
+    return [*evidence, *noise]
+
+
 def save_backbone(folder, family: str = "bert", words: list[str] | None = None, seed: int = 0):
     """Save a tiny random backbone and a word-level tokenizer (over the synthetic corpus's words) to `folder`."""
     from transformers import AutoModel
 
-    from plant_hf.data.synthetic import synthetic_words
-
-    words = words or synthetic_words(600, seed=1234)
+    words = words or synthetic_corpus_words()
     config = tiny_backbone(family)
     config.vocab_size = len(words) + 4
     torch.manual_seed(seed)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from plant_hf import PlantForMultiLabelClassification
-from plant_hf.data.synthetic import synthetic_words, write_synthetic_corpus
+from plant_hf.data.synthetic import write_synthetic_corpus
 from plant_hf.planting import ArtifactMismatchError, MIGTable, build_mig_table
 from plant_hf.planting.mig import normalized_mutual_information, rank_grades
 from plant_hf.planting.pretraining import RankerTrainingArguments
@@ -18,7 +18,7 @@ from plant_hf.planting.ranking import approx_ndcg_loss, ndcg_at_k
 from plant_hf.planting.transplant import load_ranker, plant
 from plant_hf.training.pretrain import MigArguments, PretrainArguments, run_mig, run_pretrain
 
-from conftest import save_backbone, word_tokenizer
+from conftest import save_backbone, synthetic_corpus_words, word_tokenizer
 
 
 def mi_from_table(n11, n10, n01, n00):
@@ -59,7 +59,7 @@ def test_mig_equals_the_2x2_computation_on_a_hand_checkable_case():
 
 def test_grades_are_monotone_in_mig_and_finer_at_the_top():
     corpus = synthetic_corpus_records(300)
-    tokenizer = word_tokenizer(synthetic_words(600, seed=1234))
+    tokenizer = word_tokenizer(synthetic_corpus_words())
     table = build_mig_table(
         [r["text"] for r in corpus], [r["labels"] for r in corpus], tokenizer, top_k=64, progress=False
     )
@@ -82,7 +82,7 @@ def synthetic_corpus_records(count):
 
 def test_lookup_grades_matches_the_table():
     corpus = synthetic_corpus_records(200)
-    tokenizer = word_tokenizer(synthetic_words(600, seed=1234))
+    tokenizer = word_tokenizer(synthetic_corpus_words())
     table = build_mig_table(
         [r["text"] for r in corpus], [r["labels"] for r in corpus], tokenizer, top_k=16, progress=False
     )
@@ -94,7 +94,7 @@ def test_lookup_grades_matches_the_table():
 
 def test_mig_table_round_trips_and_refuses_other_tokenizers_and_labels(tmp_path):
     corpus = synthetic_corpus_records(100)
-    words = synthetic_words(600, seed=1234)
+    words = synthetic_corpus_words()
     tokenizer = word_tokenizer(words)
     table = build_mig_table([r["text"] for r in corpus], [r["labels"] for r in corpus], tokenizer, progress=False)
     table.save(tmp_path)
@@ -238,9 +238,7 @@ def test_artifacts_for_other_labels_or_tokenizers_are_refused(workspace, context
 
 
 def test_lora_ranker_plants_its_adapter_merged(workspace):
-    from plant_hf.data.synthetic import synthetic_words as words
-
-    save_backbone(workspace / "llama", family="llama", words=words(600, seed=1234))
+    save_backbone(workspace / "llama", family="llama")
     run_mig(
         MigArguments(
             data=str(workspace / "corpus"),

@@ -192,9 +192,11 @@ def pretrain_ranker(
     training: RankerTrainingArguments,
     output: Path,
     source: dict[str, Any],
+    save: bool = True,
 ) -> Path:
     """Train `model.label_attention` as a ranker on the `train` documents of `tokenized`, report its nDCG on the
-    `held-out` ones against its random initialisation, and write the ranker folder."""
+    `held-out` ones against its random initialisation, and write the ranker folder (when `save`: in a distributed
+    run every process trains and the main one writes)."""
     metrics: dict[str, Any] = {"held_out": setup.held_out, "ndcg_k": training.ndcg_k}
     if setup.kind in ("static", "both"):
         metrics["static"] = _pretrain_static(model, mig, tokenized, training, output)
@@ -223,8 +225,9 @@ def pretrain_ranker(
         metrics=metrics,
         training={**source, **asdict(setup), **asdict(training)},
     )
-    save_ranker(output, model.label_attention, config, peft_backbone=peft_backbone)
-    _print_summary(metrics, output)
+    if save:
+        save_ranker(output, model.label_attention, config, peft_backbone=peft_backbone)
+        _print_summary(metrics, output)
     return output
 
 

@@ -1,0 +1,116 @@
+"""Model cards generated from what a run actually did, rendered through `huggingface_hub.ModelCard`."""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE = Path(__file__).with_name("model_cards") / "plant_model_card.md"
+# Written next to the weights: what the card is generated from, so that it can be regenerated later.
+TRAINING_INFO_FILE = "plant_training.json"
+CARD_METRICS = (
+    ("P@1", "P@1"),
+    ("P@3", "P@3"),
+    ("P@5", "P@5"),
+    ("nDCG@5", "nDCG@5"),
+    ("PSP@5", "PSP@5"),
+    ("micro_f1", "micro-F1"),
+    ("macro_f1", "macro-F1"),
+    ("macro_auc", "macro-AUC"),
+)
+
+
+@dataclass
+class TrainingInfo:
+    """How a model was trained, as the model card tells it."""
+
+    base_model: str
+    dataset: str
+    num_labels: int
+    train_documents: int
+    mig: dict[str, Any] = field(default_factory=dict)
+    planting: dict[str, Any] = field(default_factory=dict)
+    finetuning: dict[str, Any] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, folder: str | Path) -> None:
+        (Path(folder) / TRAINING_INFO_FILE).write_text(json.dumps(asdict(self), indent=1, default=str))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TrainingInfo":
+        return cls(**json.loads((Path(folder) / TRAINING_INFO_FILE).read_text()))
+
+
+def _percent(value: Any) -> str:
+    return "-" if not isinstance(value, float) or value != value else f"{100 * value:.2f}"
+
+
+def render_model_card(info: TrainingInfo, report: dict[str, Any], model_id: str = "path/to/model") -> ModelCard:
+    """The model card of a trained model: YAML metadata with a `model-index` of the evaluation results, and a
+    body telling the recipe, the results overall and per label-frequency bucket, how to load it, and its limits."""
+    split = report.get("meta", {}).get("split", "test")
+    dataset_name = Path(info.dataset).name or info.dataset
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["plant-hf", "plant", "extreme-multi-label-classification", "label-attention", "multi-label"],
+        base_model=info.base_model if "/" in info.base_model and not Path(info.base_model).exists() else None,
+        model_name=model_id,
+        eval_results=[
+            EvalResult(
+                task_type="text-classification",
+                task_name="Extreme multi-label classification",
+                dataset_type=dataset_name,
+                dataset_name=dataset_name,
+                dataset_split=split,
+                metric_type=name,
+                metric_name=display,
+                metric_value=round(100 * report[name], 2),
+            )
+            for name, display in CARD_METRICS
+            if isinstance(report.get(name), float) and report[name] == report[name]
+        ],
+    )
+    planting = info.planting
+    planting_summary = "none: the attention starts from random initialisation"
+    if planting.get("kind"):
+        planting_summary = (
+            f"{planting['kind']} ranker (ApproxNDCG); held-out token-ranking nDCG@{planting.get('ndcg_k', 10)} "
+            f"{_percent(planting.get('random_init'))} at random init -> {_percent(planting.get('trained'))} planted"
+        )
+    buckets = [
+        {
+            "name": name,
+            "labels": values.get("labels"),
+            "documents": values.get("documents"),
+            "p1": _percent(values.get("P@1")),
+            "p5": _percent(values.get("P@5")),
+            "psp5": _percent(values.get("PSP@5")),
+            "r5": _percent(values.get("R@5")),
+        }
+        for name, values in report.get("by_frequency", {}).items()
+    ]
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=f"PLANT classifier on {Path(info.base_model).name or info.base_model}",
+        model_id=model_id,
+        num_labels=info.num_labels,
+        base_model_display=info.base_model,
+        dataset=info.dataset,
+        train_documents=info.train_documents,
+        mig_summary=", ".join(f"{key} {value}" for key, value in info.mig.items()) or "not built",
+        planting_summary=planting_summary,
+        finetune_summary=", ".join(f"{key} {value}" for key, value in info.finetuning.items()),
+        eval_summary=f"{split} split, top-k predictions scored with plant_hf.metrics",
+        hyperparameters=json.dumps(info.hyperparameters, indent=1, default=str),
+        eval_split=split,
+        eval_documents=report.get("documents"),
+        results=[(display, _percent(report.get(name))) for name, display in CARD_METRICS],
+        buckets=buckets,
+    )
+
+
+__all__ = ["TRAINING_INFO_FILE", "TrainingInfo", "render_model_card"]

@@ -1,0 +1,303 @@
+"""The whole recipe (plant-hf fit): stages, backbone modes, resume, distributed runs and bad requests."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from plant_hf import PlantForMultiLabelClassification
+from plant_hf.data import DataFormatError
+from plant_hf.data.synthetic import write_synthetic_corpus
+from plant_hf.training.recipe import PlantArguments, fit
+from plant_hf.training.trainer import GradualUnfreezing, PlantTrainer, PlantTrainingArguments
+
+from conftest import random_ids, save_backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipe")
+    write_synthetic_corpus(root / "corpus", {"train": 160, "dev": 40, "test": 40}, num_labels=8, length=(20, 50))
+    for family in ("bert", "llama", "mistral", "phi3"):
+        save_backbone(root / family, family=family)
+    return root
+
+
+def arguments(workspace, run, family="bert", training=None, **plant):
+    plant_arguments = PlantArguments(
+        data=str(workspace / "corpus"),
+        backbone=str(workspace / family),
+        chunk_size=32,
+        max_chunks=2,
+        mig_top_k=16,
+        ranker_epochs=1,
+        **plant,
+    )
+    options = {"num_train_epochs": 2, "per_device_train_batch_size": 8, "seed": 0, **(training or {})}
+    training_arguments = PlantTrainingArguments(output_dir=str(run), use_cpu=True, disable_tqdm=True, **options)
+    return plant_arguments, training_arguments
+
+
+def logged_losses(run: Path) -> list[float]:
+    states = sorted((run / "checkpoints").glob("checkpoint-*/trainer_state.json"), key=lambda p: p.stat().st_mtime)
+    history = json.loads(states[-1].read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def test_fit_runs_every_stage_and_skips_what_is_done(workspace, tmp_path):
+    run = tmp_path / "run"
+    report = fit(*arguments(workspace, run, training={"logging_steps": 5}))
+    for artifact in (
+        "mig/mig_table.safetensors",
+        "ranker/ranker.safetensors",
+        "model/model.safetensors",
+        "model/README.md",
+        "model/label_vocabulary.json",
+        "model/plant_training.json",
+        "eval/test_metrics.json",
+        "eval/test_predictions.jsonl",
+        "eval/test_buckets.png",
+    ):
+        assert (run / artifact).exists(), artifact
+    losses = logged_losses(run)
+    assert losses[-1] < losses[0]
+    assert report["documents"] == 40 and 0.0 <= report["P@1"] <= 1.0
+    card = ModelCard.load(run / "model" / "README.md")
+    assert {result.metric_type for result in card.data.eval_results} >= {"P@1", "P@5", "PSP@5"}
+    model = AutoModel.from_pretrained(run / "model").eval()
+    first = json.loads((run / "eval" / "test_predictions.jsonl").read_text().splitlines()[0])
+    labels = json.loads((run / "model" / "label_vocabulary.json").read_text())["labels"]
+    assert first["labels"][0] in labels
+    stamp = (run / "model" / "model.safetensors").stat().st_mtime
+    again = fit(*arguments(workspace, run, training={"logging_steps": 5}))
+    assert (again["P@1"], again["PSP@5"]) == (report["P@1"], report["PSP@5"])
+    assert (run / "model" / "model.safetensors").stat().st_mtime == stamp  # nothing was trained again
+    assert type(model) is PlantForMultiLabelClassification
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "phi3"])
+def test_lora_fine_tuning_lowers_the_loss_and_reloads_identically(workspace, tmp_path, family):
+    from peft import PeftModel
+
+    run = tmp_path / "run"
+    plant_arguments, training = arguments(
+        workspace,
+        run,
+        family=family,
+        backbone_mode="lora",
+        planting="none",
+        lora_r=4,
+        training={"logging_steps": 4, "learning_rate": 1e-2, "backbone_learning_rate": 1e-2},
+    )
+    fit(plant_arguments, training)
+    losses = logged_losses(run)
+    assert losses[-1] < losses[0]
+    merged = PlantForMultiLabelClassification.from_pretrained(run / "model").eval()
+    base = PlantForMultiLabelClassification.from_backbone(
+        str(workspace / family), id2label=merged.config.id2label, chunk_size=32, max_chunks=2
+    )
+    adapted = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
+    ids = random_ids(2, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
+    assert "lora" not in " ".join(load_file(str(run / "model" / "model.safetensors")))
+
+
+def test_planted_lora_run_on_an_encoder(workspace, tmp_path):
+    run = tmp_path / "run"
+    fit(*arguments(workspace, run, backbone_mode="lora", lora_r=4, training={"num_train_epochs": 1}))
+    assert json.loads((run / "model" / "plant_training.json").read_text())["planting"]["kind"] == "contextual"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes (extra `quant`)")
+def test_qlora_smoke_run(workspace, tmp_path):
+    run = tmp_path / "run"
+    report = fit(
+        *arguments(
+            workspace,
+            run,
+            family="llama",
+            backbone_mode="qlora",
+            planting="none",
+            lora_r=4,
+            training={"max_steps": 3, "eval_strategy": "no", "save_strategy": "no", "load_best_model_at_end": False},
+        )
+    )
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+    assert torch.isfinite(torch.tensor(report["P@1"]))
+
+
+def test_discriminative_learning_rates_and_gradual_unfreezing(tmp_path, tokenizer):
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from plant_hf.data import LabelVocabulary, PlantDataCollator, tokenize_split
+
+    from conftest import tiny_model
+
+    texts = [" ".join(f"w{i % 50 + 4} w{(i * 7) % 60 + 4}" for _ in range(3)) for i in range(32)]
+    labels = [[f"L{i % 3}"] for i in range(32)]
+    vocabulary = LabelVocabulary.from_training(labels)
+    data, _ = tokenize_split(
+        Dataset.from_dict({"id": [str(i) for i in range(32)], "text": texts, "labels": labels}),
+        tokenizer,
+        vocabulary,
+        chunk_size=8,
+    )
+    model = tiny_model("bert", num_labels=3, chunk_size=8).train()
+    args = PlantTrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=3,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        planted_lr_fraction=0.25,
+        backbone_learning_rate=1e-3,
+        use_cpu=True,
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        disable_tqdm=True,
+        logging_strategy="no",
+    )
+    snapshots = []
+
+    class Record(TrainerCallback):  # the three groups' weights at every epoch end
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            snapshots.append(
+                {
+                    "head": model.label_attention.label_weights.detach().clone(),
+                    "attention": model.label_attention.key.weight.detach().clone(),
+                    "backbone": model.model.embeddings.word_embeddings.weight.detach().clone(),
+                }
+            )
+
+    initial = {
+        "head": model.label_attention.label_weights.detach().clone(),
+        "attention": model.label_attention.key.weight.detach().clone(),
+        "backbone": model.model.embeddings.word_embeddings.weight.detach().clone(),
+    }
+    trainer = PlantTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.select_columns(["input_ids", "label_ids"]),
+        data_collator=PlantDataCollator(3, tokenizer.pad_token_id),
+        callbacks=[GradualUnfreezing({"attention": 1, "backbone": 2}), Record()],
+    )
+    trainer.create_optimizer()
+    rates = sorted({group["lr"] for group in trainer.optimizer.param_groups})
+    assert rates == [1e-3, 2.5e-3, 1e-2]
+    trainer.train()
+    states = [initial, *snapshots]
+    changed = [{part: not torch.equal(states[e][part], states[e + 1][part]) for part in initial} for e in range(3)]
+    assert changed == [
+        {"head": True, "attention": False, "backbone": False},
+        {"head": True, "attention": True, "backbone": False},
+        {"head": True, "attention": True, "backbone": True},
+    ]
+
+
+def test_bad_requests_fail_before_any_work(workspace, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"no linear layer named \['nowhere'\]"):
+        fit(*arguments(workspace, run, backbone_mode="lora", lora_target_modules=["nowhere"]))
+    assert not (run / "mig").exists()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ValueError, match="QLoRA needs bitsandbytes"):
+        fit(*arguments(workspace, tmp_path / "q", backbone_mode="qlora"))
+    monkeypatch.undo()
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    (unlabelled / "train.jsonl").write_text('{"id": "a", "text": "w5 w6", "labels": []}\n' * 3)
+    plant_arguments, training = arguments(workspace, tmp_path / "u")
+    plant_arguments.data = str(unlabelled)
+    with pytest.raises(DataFormatError, match="has no labels at all"):
+        fit(plant_arguments, training)
+    fit(*arguments(workspace, tmp_path / "r", planting="none", training={"num_train_epochs": 1}))
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(learning_rate: 0.002 -> 0.01"):
+        fit(
+            *arguments(
+                workspace, tmp_path / "r", planting="none", training={"num_train_epochs": 1, "learning_rate": 1e-2}
+            )
+        )
+
+
+def cli_fit(workspace, run, *extra, launcher=(sys.executable,)):
+    """The training script's command line for a small run on the tiny BERT."""
+    options = {
+        "--data": workspace / "corpus", "--backbone": workspace / "bert", "--output_dir": run, "--chunk_size": 32,
+        "--max_chunks": 2, "--mig_top_k": 16, "--ranker_epochs": 1, "--use_cpu": True, "--disable_tqdm": True,
+        "--seed": 0,
+    }  # fmt: skip
+    script = ROOT / "training_scripts" / "train_plant.py"
+    return [*launcher, str(script), *(str(part) for pair in options.items() for part in pair), *extra]
+
+
+def test_killed_run_resumes_to_the_same_weights(workspace, tmp_path):
+    steps = [
+        "--num_train_epochs",
+        "3",
+        "--per_device_train_batch_size",
+        "8",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "4",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "4",
+        "--save_total_limit",
+        "100",
+    ]
+    uninterrupted = tmp_path / "whole"
+    subprocess.run(cli_fit(workspace, uninterrupted, *steps), check=True, capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(cli_fit(workspace, killed, *steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((killed / "checkpoints").glob("checkpoint-12")) and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model").exists()
+    refused = subprocess.run(cli_fit(workspace, killed, *steps), capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "pass --resume to continue it" in refused.stderr
+    subprocess.run(cli_fit(workspace, killed, *steps, "--resume"), check=True, capture_output=True, timeout=600)
+    whole = load_file(str(uninterrupted / "model" / "model.safetensors"))
+    resumed = load_file(str(killed / "model" / "model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_two_process_run_matches_the_single_process_loss_curve(workspace, tmp_path):
+    common = "--num_train_epochs 2 --logging_steps 1 --planting none --eval_strategy no --save_strategy epoch"
+    common = [*common.split(), "--load_best_model_at_end", "False"]
+    single = tmp_path / "single"
+    batch_of_16 = ["--per_device_train_batch_size", "16"]
+    subprocess.run(cli_fit(workspace, single, *common, *batch_of_16), check=True, capture_output=True, timeout=600)
+    double = tmp_path / "double"
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533")
+    two_batches_of_8 = ["--per_device_train_batch_size", "8", "--ddp_backend", "gloo"]
+    result = subprocess.run(
+        cli_fit(workspace, double, *common, *two_batches_of_8, launcher=launcher),
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = logged_losses(single), logged_losses(double)
+    assert len(one) == len(two) > 5
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=2e-3, atol=2e-4)
