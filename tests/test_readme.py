@@ -13,10 +13,11 @@ def fenced_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
-def test_ci_installs_and_tests_exactly_as_the_readme_says():
-    install, test = (block.strip() for block in fenced_blocks("bash")[:2])
+def test_ci_installs_runs_and_tests_exactly_as_the_readme_says():
+    install, main_job, test = (block.strip() for block in fenced_blocks("bash")[:3])
+    assert main_job.startswith("plant-hf fit") and "pytest" in test
     ci = (ROOT / ".ci" / "run").read_text()
-    assert install in ci and test in ci
+    assert install in ci and test in ci and main_job in ci
 
 
 @requires_minilm

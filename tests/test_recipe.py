@@ -21,7 +21,7 @@ from plant_hf.data.synthetic import write_synthetic_corpus
 from plant_hf.training.recipe import PlantArguments, fit
 from plant_hf.training.trainer import GradualUnfreezing, PlantTrainer, PlantTrainingArguments
 
-from conftest import random_ids, save_backbone
+from conftest import random_ids, save_backbone, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -301,3 +301,25 @@ def test_two_process_run_matches_the_single_process_loss_curve(workspace, tmp_pa
     one, two = logged_losses(single), logged_losses(double)
     assert len(one) == len(two) > 5
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", ["single_gpu", "multi_gpu_ddp", "fsdp", "deepspeed_zero3"])
+def test_shipped_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "training_scripts" / "accelerate" / f"{name}.yaml"))
+    expected = {"single_gpu": "NO", "multi_gpu_ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED"}
+    assert config.distributed_type.value == expected[name]
+    if name == "deepspeed_zero3":
+        assert config.deepspeed_config["zero_stage"] == 3
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "phi3", "bert"])
+def test_fsdp_wraps_each_backbone_layer(family):
+    from accelerate.utils.dataclasses import get_module_class_from_name
+
+    model = tiny_model(family)
+    layers = [get_module_class_from_name(model, name) for name in model._no_split_modules]
+    assert layers and all(layer is not None for layer in layers)
+    units = sum(isinstance(module, tuple(layers)) for module in model.modules())
+    assert units >= model.config.text_config.num_hidden_layers  # a unit per layer at least (BERT: + embeddings)
