@@ -323,3 +323,25 @@ def test_fsdp_wraps_each_backbone_layer(family):
     assert layers and all(layer is not None for layer in layers)
     units = sum(isinstance(module, tuple(layers)) for module in model.modules())
     assert units >= model.config.text_config.num_hidden_layers  # a unit per layer at least (BERT: + embeddings)
+
+
+def test_options_come_from_a_yaml_or_json_file(tmp_path):
+    from plant_hf.cli import parse_command
+
+    options = {
+        "data": "corpus",
+        "backbone_mode": "lora",
+        "lora_r": 8,
+        "output_dir": str(tmp_path / "run"),
+        "learning_rate": 0.005,
+        "unfreeze_schedule": "attention=1",
+        "use_cpu": True,
+    }
+    (tmp_path / "run.yaml").write_text("\n".join(f"{key}: {value}" for key, value in options.items()))
+    (tmp_path / "run.json").write_text(json.dumps(options))
+    for name in ("run.yaml", "run.json"):
+        command, (plant_arguments, training) = parse_command(["fit", str(tmp_path / name)])
+        assert command == "fit"
+        assert (plant_arguments.data, plant_arguments.backbone_mode, plant_arguments.lora_r) == ("corpus", "lora", 8)
+        assert (training.learning_rate, training.unfreeze_schedule) == (0.005, "attention=1")
+        assert training.planted_lr_fraction == 0.5 and training.metric_for_best_model == "P@5"

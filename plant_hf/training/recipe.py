@@ -199,9 +199,8 @@ def prepare_run(args: PlantArguments, training: PlantTrainingArguments) -> RunCo
     if training.unfreeze_schedule:
         parse_unfreeze_schedule(training.unfreeze_schedule)
     folder = Path(training.output_dir)
-    with training.main_process_first(desc="run folder"):
-        if training.process_index == 0:
-            _check_run_folder(folder, _run_config(args, training))
+    config = _run_config(args, training)
+    _check_run_folder(folder, config)
     data = args.data
     if data == SYNTHETIC_DATA:
         data = str(folder / "data")
@@ -223,6 +222,8 @@ def prepare_run(args: PlantArguments, training: PlantTrainingArguments) -> RunCo
     if training.process_index == 0:
         for split in ("dev", "test"):
             print(vocabulary.unseen(splits[split]["labels"], split))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "run_config.json").write_text(json.dumps(config, indent=1, default=str))
     return RunContext(args, training, folder, backbone, splits, notes, vocabulary, tokenizer)
 
 
@@ -257,20 +258,19 @@ def _run_config(args: PlantArguments, training: PlantTrainingArguments) -> dict[
 
 
 def _check_run_folder(folder: Path, config: dict[str, Any]) -> None:
-    """Write the run's configuration, or refuse a folder whose earlier run used another one."""
+    """Refuse a folder whose earlier run used other settings (its outputs would not fit this run)."""
     path = folder / "run_config.json"
-    if path.exists():
-        earlier = json.loads(path.read_text())
-        differing = sorted(key for key in set(config) | set(earlier) if config.get(key) != earlier.get(key))
-        if differing:
-            details = ", ".join(f"{key}: {earlier.get(key)!r} -> {config.get(key)!r}" for key in differing[:6])
-            raise ValueError(
-                f"{folder} holds a run with other settings ({details}). Continue it with the same settings, or "
-                "choose another --output_dir."
-            )
+    if not path.exists():
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=1, default=str))
+    earlier = json.loads(path.read_text())
+    config = json.loads(json.dumps(config, default=str))
+    differing = sorted(key for key in set(config) | set(earlier) if config.get(key) != earlier.get(key))
+    if differing:
+        details = ", ".join(f"{key}: {earlier.get(key)!r} -> {config.get(key)!r}" for key in differing[:6])
+        raise ValueError(
+            f"{folder} holds a run with other settings ({details}). Continue it with the same settings, or choose "
+            "another --output_dir."
+        )
 
 
 def mig_stage(context: RunContext) -> MIGTable | None:
