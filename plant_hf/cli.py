@@ -69,6 +69,139 @@ def run_evaluate(args: EvaluateArguments) -> dict[str, Any]:
     return report
 
 
+@dataclass
+class PredictArguments:
+    """Predict the labels of documents with a trained PLANT model: JSON lines in, JSON lines out."""
+
+    model: str = field(metadata={"help": "The model folder (or Hub id) to predict with."})
+    input: str = field(metadata={"help": 'JSON lines of documents: {"id": ..., "text": ...} (labels optional).'})
+    output: str = field(metadata={"help": 'Where to write {"id", "labels": [best, ...], "scores": [...]} lines.'})
+    top_k: int = field(default=20, metadata={"help": "Labels kept per document (0: all)."})
+    threshold: float | None = field(default=None, metadata={"help": "Keep only labels at least this probable."})
+    batch_size: int = field(default=16, metadata={"help": "Documents per batch."})
+    text_field: str = field(default="text", metadata={"help": "Text field of the input lines."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model folder's own code."})
+
+
+@dataclass
+class ExplainArguments:
+    """Write one self-contained HTML page per document showing the words each predicted label attends to."""
+
+    model: str = field(metadata={"help": "The model folder (or Hub id)."})
+    input: str = field(metadata={"help": "JSON lines of documents; their gold labels are shown when present."})
+    output_dir: str = field(metadata={"help": "Folder for the pages (one per document, and index.html)."})
+    top_k: int = field(default=10, metadata={"help": "Predicted labels per page."})
+    limit: int | None = field(default=None, metadata={"help": "Explain only the first this many documents."})
+    text_field: str = field(default="text", metadata={"help": "Text field of the input lines."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda ... (default: cuda if present)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model folder's own code."})
+
+
+@dataclass
+class CardArguments:
+    """Regenerate a model folder's model card from its training record and an evaluation report."""
+
+    model: str = field(metadata={"help": "The model folder (written by plant-hf fit)."})
+    report: str | None = field(default=None, metadata={"help": "An evaluation report (default: the folder's own)."})
+    model_id: str | None = field(default=None, metadata={"help": "The Hub id the card names (default: folder)."})
+
+
+@dataclass
+class PushArguments:
+    """Upload a model folder (weights, remote code, tokenizer, label map, card), or a LoRA adapter, in one commit."""
+
+    folder: str = field(metadata={"help": "The model folder, or an adapter folder to push alone."})
+    repo_id: str = field(metadata={"help": "The Hub repository, e.g. my-org/plant-icd10."})
+    private: bool = field(default=False, metadata={"help": "Create the repository as private."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the stored login)."})
+    commit_message: str | None = field(default=None, metadata={"help": "The commit's message."})
+
+
+def _pipeline(model: str, device: str | None, trust_remote_code: bool):
+    import torch
+    from transformers import pipeline
+
+    from . import TASK
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return pipeline(TASK, model=model, device=device, trust_remote_code=trust_remote_code)
+
+
+def _documents(path: str, text_field: str):
+    from .data import read_jsonl
+
+    documents, report = read_jsonl(path, text_field=text_field, labels_field=None)
+    print(report)
+    return documents
+
+
+def run_predict(args: PredictArguments) -> None:
+    from tqdm.auto import tqdm
+
+    from .data import write_predictions
+
+    documents = _documents(args.input, args.text_field)
+    classify = _pipeline(args.model, args.device, args.trust_remote_code)
+    outputs = tqdm(
+        classify(list(documents["text"]), batch_size=args.batch_size, top_k=args.top_k, threshold=args.threshold),
+        total=len(documents),
+        desc="Predicting",
+        unit="doc",
+    )
+    predictions = list(outputs)
+    write_predictions(
+        args.output,
+        documents["id"],
+        ([entry["label"] for entry in document] for document in predictions),
+        ([entry["score"] for entry in document] for document in predictions),
+    )
+    print(f"{len(predictions)} documents predicted -> {args.output}")
+
+
+def run_explain(args: ExplainArguments) -> None:
+    import html
+
+    from tqdm.auto import tqdm
+
+    from .explanation import explanation_page
+
+    documents = _documents(args.input, args.text_field)
+    if args.limit is not None:
+        documents = documents.select(range(min(args.limit, len(documents))))
+    classify = _pipeline(args.model, args.device, args.trust_remote_code)
+    folder = Path(args.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    links = []
+    for index, document in enumerate(tqdm(documents, desc="Explaining", unit="doc")):
+        predictions = classify(document["text"], top_k=args.top_k, explain=True, explain_words=0)
+        name = f"{index:05d}-{''.join(c if c.isalnum() or c in '-_' else '_' for c in document['id'])[:60]}.html"
+        page = explanation_page(document["text"], predictions, document["labels"], title=document["id"])
+        (folder / name).write_text(page, encoding="utf-8")
+        links.append(f'<li><a href="{html.escape(name)}">{html.escape(document["id"])}</a></li>')
+    index_page = f"<!DOCTYPE html><meta charset='utf-8'><title>explanations</title><ul>{''.join(links)}</ul>"
+    (folder / "index.html").write_text(index_page, encoding="utf-8")
+    print(f"{len(links)} pages -> {folder / 'index.html'}")
+
+
+def run_card(args: CardArguments) -> None:
+    import json
+
+    from .hub import write_model_card
+
+    report = json.loads(Path(args.report).read_text()) if args.report else None
+    print(f"model card -> {write_model_card(args.model, report, model_id=args.model_id)}")
+
+
+def run_push(args: PushArguments) -> None:
+    from .hub import push_to_hub
+
+    url = push_to_hub(
+        args.folder, args.repo_id, private=args.private, token=args.token, commit_message=args.commit_message
+    )
+    print(f"pushed {args.folder} -> {url}")
+
+
 def run_mig(args):
     from .training.pretrain import run_mig
 
@@ -114,6 +247,10 @@ def _commands() -> dict[str, Command]:
             "Pretrain the label attention as a ranker of tokens by MIG grade (planting, step 2).",
         ),
         "evaluate": Command((EvaluateArguments,), run_evaluate, "Score a prediction file: JSON report and PNG plot."),
+        "predict": Command((PredictArguments,), run_predict, "Predict labels of documents (JSON lines in and out)."),
+        "explain": Command((ExplainArguments,), run_explain, "HTML pages of the words each predicted label reads."),
+        "card": Command((CardArguments,), run_card, "Regenerate a model folder's model card."),
+        "push": Command((PushArguments,), run_push, "Upload a model (or adapter) folder to the Hub in one commit."),
     }
 
 

@@ -11,6 +11,10 @@ REMOTE_AUTO_MAP = {
     "AutoModel": "modeling_plant.PlantForMultiLabelClassification",
     "AutoModelForSequenceClassification": "modeling_plant.PlantForMultiLabelClassification",
 }
+# The task pipeline that saved folders name, so that `pipeline(model=folder, trust_remote_code=True)` finds it.
+CUSTOM_PIPELINES = {
+    "xmc-classification": {"impl": "pipeline_plant.PlantClassificationPipeline", "pt": ["AutoModel"], "type": "text"}
+}
 
 
 @strict
@@ -93,6 +97,15 @@ class PlantConfig(PreTrainedConfig):
         if self.problem_type is None:
             self.problem_type = "multi_label_classification"
         self.auto_map = {**REMOTE_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        # Where plant_hf is imported its pipeline is registered in-process; naming it in the config as well would
+        # send `pipeline(...)` to the remote copy instead. Saved configs always name it (see `to_dict`).
+        named = {**CUSTOM_PIPELINES, **(getattr(self, "custom_pipelines", None) or {})}
+        self.custom_pipelines = {task: spec for task, spec in named.items() if not _registered_in_process(task)}
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output["custom_pipelines"] = {**CUSTOM_PIPELINES, **(output.get("custom_pipelines") or {})}
+        return output
 
     def validate_architecture(self):
         """Part of `@strict` validation: the head's sizes and limits must make sense."""
@@ -125,6 +138,12 @@ class PlantConfig(PreTrainedConfig):
                 f"PLANT is a multi-label classifier; problem_type must be 'multi_label_classification', "
                 f"got {self.problem_type!r}."
             )
+
+
+def _registered_in_process(task: str) -> bool:
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    return task in PIPELINE_REGISTRY.get_supported_tasks()
 
 
 def _backbone_config_from_dict(text_config: dict) -> PreTrainedConfig:

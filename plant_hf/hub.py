@@ -5,11 +5,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 TEMPLATE = Path(__file__).with_name("model_cards") / "plant_model_card.md"
 # Written next to the weights: what the card is generated from, so that it can be regenerated later.
 TRAINING_INFO_FILE = "plant_training.json"
+EVAL_REPORT_FILE = "eval_report.json"
+# What a model folder uploads: weights (safetensors only), configs, remote code, tokenizer, labels, card.
+UPLOADED = ["*.safetensors", "*.json", "*.py", "*.md", "*.txt", "*.model", "*.tiktoken"]
+NEVER_UPLOADED = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt", "checkpoint-*/**", "*.partial"]
 CARD_METRICS = (
     ("P@1", "P@1"),
     ("P@3", "P@3"),
@@ -113,4 +117,65 @@ def render_model_card(info: TrainingInfo, report: dict[str, Any], model_id: str 
     )
 
 
-__all__ = ["TRAINING_INFO_FILE", "TrainingInfo", "render_model_card"]
+def write_model_card(folder: str | Path, report: dict[str, Any] | None = None, model_id: str | None = None) -> Path:
+    """(Re)generate a model folder's README.md from its training info and evaluation report (by default the
+    report saved in the folder)."""
+    folder = Path(folder)
+    if not (folder / TRAINING_INFO_FILE).exists():
+        raise FileNotFoundError(
+            f"{folder} has no {TRAINING_INFO_FILE}: the card is generated from what training did, which plant-hf fit "
+            "records next to the weights."
+        )
+    if report is None:
+        report_path = folder / EVAL_REPORT_FILE
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    path = folder / "README.md"
+    render_model_card(TrainingInfo.load(folder), report, model_id=model_id or folder.name).save(path)
+    return path
+
+
+def push_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    api: HfApi | None = None,
+) -> str:
+    """Upload a model folder (weights, remote code, tokenizer, label map and card), or a LoRA adapter folder
+    alone, to the Hub in one commit; returns the commit's URL.
+
+    Only safetensors weights leave the machine: a folder holding pickled weights is refused.
+    """
+    folder = Path(folder)
+    is_model = (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+    is_adapter = (folder / "adapter_config.json").exists() and (folder / "adapter_model.safetensors").exists()
+    if not (is_model or is_adapter):
+        raise FileNotFoundError(
+            f"{folder} is neither a model folder (config.json and safetensors weights) nor a LoRA adapter folder "
+            "(adapter_config.json and adapter_model.safetensors)."
+        )
+    pickled = [path.name for pattern in ("*.bin", "*.pt", "*.pth", "*.pkl") for path in folder.glob(pattern)]
+    if pickled:
+        raise ValueError(f"{folder} holds pickled weights {pickled}; only safetensors are pushed. Remove them.")
+    api = api or HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    commit = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo.repo_id,
+        repo_type="model",
+        commit_message=commit_message or f"Upload PLANT {'adapter' if is_adapter and not is_model else 'model'}",
+        allow_patterns=UPLOADED,
+        ignore_patterns=NEVER_UPLOADED,
+    )
+    return str(getattr(commit, "commit_url", commit))
+
+
+__all__ = [
+    "EVAL_REPORT_FILE",
+    "TRAINING_INFO_FILE",
+    "TrainingInfo",
+    "push_to_hub",
+    "render_model_card",
+    "write_model_card",
+]

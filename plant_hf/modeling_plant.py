@@ -20,6 +20,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.utils import can_return_tuple, logging
 
 from .configuration_plant import PlantConfig
+from .pipeline_plant import PlantClassificationPipeline  # noqa: F401  (saved with the model for remote pipelines)
 
 logger = logging.get_logger(__name__)
 
@@ -548,6 +549,35 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             attention_mask=mask.view(batch_size, -1),
             input_ids=None if ids is None else ids.reshape(batch_size, -1),
         )
+
+    @torch.no_grad()
+    def label_attention_maps(
+        self,
+        label_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+    ) -> torch.FloatTensor:
+        """The attention of chosen labels over the input tokens, `(batch, labels per document, tokens)`.
+
+        `label_ids` is `(batch, labels per document)` (entries < 0 are padding). The weights are those the logits
+        use (inattention included) and align with `input_ids`, as `label_attentions` of the forward pass does, but
+        only for these labels, so that explaining a few predictions costs little whatever the label count.
+        """
+        chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        batch_size = chunks.attention_mask.shape[0]
+        inputs, mask = chunks.flat()
+        hidden_states = self._run_backbone(inputs, mask).view(batch_size, -1, self.config.text_config.hidden_size)
+        token_ids = inputs["input_ids"].reshape(batch_size, -1) if "input_ids" in inputs else None
+        scores = self.label_attention.document_label_scores(
+            hidden_states, mask.view(batch_size, -1), label_ids, token_ids
+        )
+        if self.config.inattention_k is not None and self.config.inattention_k < scores.shape[-1]:
+            kth = scores.topk(self.config.inattention_k, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        weights = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
+        return chunks.to_input_layout(weights)
 
     @can_return_tuple
     def forward(

@@ -256,3 +256,16 @@ def test_backbone_without_an_auto_model_is_named():
 
     with pytest.raises(ValueError, match="No AutoModel class is registered for backbone config NoModelConfig"):
         PlantForMultiLabelClassification(PlantConfig(text_config=NoModelConfig(), num_labels=2))
+
+
+@pytest.mark.parametrize("inattention_k", [None, 3])
+def test_label_attention_maps_of_chosen_labels_match_the_forward_maps(inattention_k):
+    model = tiny_model("llama", num_labels=7, chunk_size=4, inattention_k=inattention_k)
+    input_ids, mask = random_ids(2, 11), torch.ones(2, 11, dtype=torch.long)
+    mask[1, :3] = 0
+    everything = model(input_ids=input_ids, attention_mask=mask, output_attentions=True).label_attentions
+    chosen = torch.tensor([[5, 1], [2, -1]])
+    maps = model.label_attention_maps(chosen, input_ids, mask)
+    torch.testing.assert_close(maps[0], everything[0, [5, 1]])
+    torch.testing.assert_close(maps[1, 0], everything[1, 2])
+    assert torch.all(maps[1, 1] == 0)  # a padding label attends to nothing

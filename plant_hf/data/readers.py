@@ -111,11 +111,14 @@ def _open_text(path: Path):
 def read_jsonl(
     path: str | os.PathLike,
     text_field: str = "text",
-    labels_field: str = "labels",
+    labels_field: str | None = "labels",
     id_field: str = "id",
     on_error: OnError = "raise",
 ) -> tuple[Dataset, ReadReport]:
-    """One JSON object per line, e.g. `{"id": "d1", "text": "...", "labels": ["A01"]}`; plain or gzip."""
+    """One JSON object per line, e.g. `{"id": "d1", "text": "...", "labels": ["A01"]}`; plain or gzip.
+
+    With `labels_field=None` the documents need no labels (to be predicted); labels given anyway are kept.
+    """
     path = Path(path)
     collector = _Collector(str(path), on_error)
     with _open_text(path) as lines:
@@ -133,7 +136,7 @@ def read_jsonl(
             if not isinstance(record, dict):
                 collector.report.problem(where, "the line is not a JSON object", "Write one object per line", on_error)
                 continue
-            missing = [name for name in (text_field, labels_field) if name not in record]
+            missing = [name for name in (text_field, labels_field) if name is not None and name not in record]
             if missing:
                 collector.report.problem(
                     where,
@@ -142,9 +145,8 @@ def read_jsonl(
                     on_error,
                 )
                 continue
-            collector.add(
-                where, record.get(id_field, f"{path.name}:{number}"), record[text_field], record[labels_field]
-            )
+            labels = record.get(labels_field or "labels", [])
+            collector.add(where, record.get(id_field, f"{path.name}:{number}"), record[text_field], labels)
     return collector.dataset()
 
 

@@ -1,5 +1,6 @@
 """Training and evaluating rankers with `transformers.Trainer` (so accelerate, LoRA, checkpoints and resume work)."""
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ class RankerTrainingArguments:
     max_labels: int = field(default=32, metadata={"help": "Labels of a document ranked per step (random subset)."})
     max_relevant: int = field(default=64, metadata={"help": "Best-graded tokens whose ranks are approximated."})
     negatives: int = field(default=256, metadata={"help": "Static ranker: frequent tokens added to each list."})
+    static_min_steps: int = field(default=300, metadata={"help": "Static ranker: optimizer steps at the least."})
     ndcg_k: int = field(default=10, metadata={"help": "Cut-off of the reported nDCG@k."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
 
@@ -47,11 +49,18 @@ def trainer_for_ranker(
     output_dir: str | os.PathLike,
     eval_dataset: torch.utils.data.Dataset | Dataset | None = None,
     progress: bool = True,
+    min_steps: int = 0,
 ) -> Trainer:
-    """A Trainer that optimises a ranker's ApproxNDCG loss and reports exact nDCG@k on `eval_dataset` each epoch."""
+    """A Trainer that optimises a ranker's ApproxNDCG loss and reports exact nDCG@k on `eval_dataset` each epoch.
+
+    With `min_steps` the training lasts at least that many optimizer steps (a pass over a few label lists is
+    no training at all).
+    """
+    steps = math.ceil(args.epochs * len(train_dataset) / args.batch_size)
     training = TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=args.epochs,
+        max_steps=max(steps, min_steps) if min_steps else -1,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size,
         learning_rate=args.learning_rate,

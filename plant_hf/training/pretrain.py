@@ -243,6 +243,7 @@ def _pretrain_static(model, mig, tokenized, training, output: Path) -> dict[str,
         StaticListCollator(mig, training.negatives, training.seed),
         training,
         output / "checkpoints-static",
+        min_steps=training.static_min_steps,
     )
     trainer.train()
     after = evaluate_ranker(on_documents, held_out, collator)["ndcg"]

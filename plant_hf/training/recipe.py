@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, set_seed
 from ..cache import CachedDocumentCollator, CachedDocuments, TokenStateCache
 from ..data import LabelVocabulary, PlantDataCollator, load_corpus, tokenize_split, write_predictions
 from ..data.synthetic import write_synthetic_corpus
-from ..hub import TrainingInfo, render_model_card
+from ..hub import EVAL_REPORT_FILE, TrainingInfo, write_model_card
 from ..lora import lora_config_for
 from ..metrics import TopKPredictions, evaluate_predictions
 from ..modeling_plant import PlantForMultiLabelClassification
@@ -572,7 +572,8 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
         hyperparameters=_run_config(args, training),
     )
     info.save(model_folder)
-    render_model_card(info, report, model_id=model_folder.name).save(model_folder / "README.md")
+    (model_folder / EVAL_REPORT_FILE).write_text(json.dumps(report, indent=1, default=float))
+    write_model_card(model_folder, report)
 
 
 def _wait_for_everyone() -> None:

@@ -1,0 +1,139 @@
+"""The `xmc-classification` pipeline: label probabilities of long documents, and the words behind each label."""
+
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Pipeline
+
+TASK = "xmc-classification"
+
+
+class PlantClassificationPipeline(Pipeline):
+    """
+    Multi-label classification with a PLANT model: each label's probability (sigmoid), the `top_k` most probable
+    labels and/or those above a `threshold`, with their names. Documents longer than the model's `chunk_size` are
+    cut into chunks (up to `max_chunks`) as the model was trained. With `explain=True`, every returned label also
+    carries the `explain_words` words its attention weighs most (sub-word pieces merged), with their weights
+    (`explain_words=0`: every word, in text order).
+
+    Example:
+
+    ```python
+    >>> from transformers import pipeline
+    >>> classify = pipeline("xmc-classification", model="path/to/plant-model")  # doctest: +SKIP
+    >>> classify("Chest pain with elevated troponin.", top_k=3, explain=True)  # doctest: +SKIP
+    [{'label': 'I21.4', 'score': 0.93, 'evidence': [{'word': 'troponin', 'weight': 0.41, ...}, ...]}, ...]
+    ```
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def _sanitize_parameters(
+        self,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        explain: bool | None = None,
+        explain_words: int | None = None,
+        **kwargs,
+    ):
+        forward: dict[str, Any] = {}
+        if top_k is not None:
+            forward["top_k"] = top_k
+        if threshold is not None:
+            forward["threshold"] = threshold
+        if explain is not None:
+            forward["explain"] = explain
+        postprocess = {"explain_words": explain_words} if explain_words is not None else {}
+        return {}, forward, postprocess
+
+    def _chunk_length(self) -> int:
+        chunk_size = self.model.config.chunk_size
+        if chunk_size is None:
+            chunk_size = min(getattr(self.tokenizer, "model_max_length", 512), 8192)
+        return chunk_size
+
+    def preprocess(self, text: str) -> dict[str, Any]:
+        if not isinstance(text, str):
+            raise ValueError(f"The xmc-classification pipeline classifies texts (strings), got {type(text).__name__}.")
+        encoded = self.tokenizer(
+            text,
+            truncation=True,
+            max_length=self._chunk_length(),
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        chunks = range(min(len(encoded["input_ids"]), self.model.config.max_chunks or len(encoded["input_ids"])))
+        input_ids = [token for chunk in chunks for token in encoded["input_ids"][chunk]]
+        offsets = [tuple(span) for chunk in chunks for span in encoded["offset_mapping"][chunk]]
+        words = [word for chunk in chunks for word in _word_ids(encoded, chunk)]
+        return {
+            "input_ids": torch.tensor([input_ids]),
+            "attention_mask": torch.ones(1, len(input_ids), dtype=torch.long),
+            "tokens": {"text": text, "offsets": offsets, "words": words},
+        }
+
+    def _forward(
+        self, model_inputs: dict[str, Any], top_k: int = 5, threshold: float | None = None, explain: bool = False
+    ) -> dict[str, Any]:
+        tokens = model_inputs.pop("tokens")
+        logits = self.model(**model_inputs).logits.float()
+        width = self.model.config.num_labels if top_k is None or top_k <= 0 else min(top_k, logits.shape[-1])
+        top = logits.sigmoid().topk(width, dim=-1)
+        indices = top.indices
+        if threshold is not None:
+            indices = indices.masked_fill(top.values < threshold, -1)
+        outputs = {"indices": indices, "scores": top.values, "attention_mask": model_inputs["attention_mask"]}
+        if explain:
+            outputs["maps"] = self.model.label_attention_maps(indices, **model_inputs)
+        outputs["tokens"] = tokens
+        return outputs
+
+    def postprocess(self, model_outputs: dict[str, Any], explain_words: int = 5) -> list[dict[str, Any]]:
+        tokens = model_outputs["tokens"]
+        if isinstance(tokens, list):  # unbatched from a batch of one
+            tokens = tokens[0]
+        indices = model_outputs["indices"].reshape(-1).tolist()
+        scores = model_outputs["scores"].reshape(-1).tolist()
+        real = model_outputs["attention_mask"].reshape(-1).bool()
+        predictions = []
+        for position, (label, score) in enumerate(zip(indices, scores, strict=True)):
+            if label < 0:
+                continue
+            entry: dict[str, Any] = {"label": self.model.config.id2label[label], "score": score}
+            if "maps" in model_outputs:
+                weights = model_outputs["maps"].reshape(len(indices), -1)[position][real].float().numpy()
+                entry["evidence"] = _top_words(tokens, weights, explain_words)
+            predictions.append(entry)
+        return predictions
+
+
+def _word_ids(encoded, chunk: int) -> list[int | None]:
+    """Which word of the text each token of a chunk belongs to (None for special tokens)."""
+    try:
+        return encoded.word_ids(chunk)
+    except (AttributeError, ValueError):  # tokenizers without word alignment: each token is its own word
+        return [None if start == end else index for index, (start, end) in enumerate(encoded["offset_mapping"][chunk])]
+
+
+def _top_words(tokens: dict[str, Any], weights: np.ndarray, count: int) -> list[dict[str, Any]]:
+    """Merge the tokens' attention into words (sub-word pieces summed) and return the `count` heaviest words."""
+    spans: dict[int, list] = {}
+    for (start, end), word, weight in zip(tokens["offsets"], tokens["words"], weights, strict=False):
+        if word is None or start == end:
+            continue
+        span = spans.setdefault(word, [start, end, 0.0])
+        span[0], span[1], span[2] = min(span[0], start), max(span[1], end), span[2] + float(weight)
+    chosen = sorted(spans.values(), key=lambda span: -span[2])[:count] if count > 0 else list(spans.values())
+    return [
+        {"word": tokens["text"][start:end], "weight": weight, "start": start, "end": end}
+        for start, end, weight in chosen
+    ]
+
+
+__all__ = ["TASK", "PlantClassificationPipeline"]

@@ -1,0 +1,285 @@
+"""Model cards, Hub uploads (to a fake Hub), the xmc-classification pipeline, explanations and their pages."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from huggingface_hub.utils import filter_repo_objects
+from transformers import pipeline
+
+from plant_hf import PlantClassificationPipeline
+from plant_hf.data.synthetic import synthetic_vocabulary, write_synthetic_corpus
+from plant_hf.explanation import explanation_page
+from plant_hf.hub import TrainingInfo, push_to_hub, write_model_card
+from plant_hf.training.recipe import PlantArguments, fit
+from plant_hf.training.trainer import PlantTrainingArguments
+
+from conftest import save_backbone, tiny_model
+
+REPORT = {
+    "documents": 40, "labels": 8, "P@1": 0.75, "P@3": 0.5, "P@5": 0.4, "nDCG@5": 0.6, "PSP@5": 0.55,
+    "micro_f1": 0.5, "macro_f1": 0.3, "macro_auc": 0.9, "meta": {"split": "test"},
+    "by_frequency": {"1-5": {"labels": 3, "documents": 5, "P@1": 0.2, "P@5": 0.1, "PSP@5": 0.3, "R@5": 0.4}},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A PLANT model trained by the recipe on a synthetic corpus whose label evidence words are known."""
+    root = tmp_path_factory.mktemp("hub")
+    write_synthetic_corpus(root / "corpus", {"train": 300, "dev": 60, "test": 40}, num_labels=6, length=(20, 40))
+    save_backbone(root / "bert")
+    fit(
+        PlantArguments(data=str(root / "corpus"), backbone=str(root / "bert"), chunk_size=32, max_chunks=2,
+                       mig_top_k=16, ranker_epochs=4, planting="static", prior_rank=8),
+        # the attention stays as planted (lr 0): the explanations below test what planting put there
+        PlantTrainingArguments(output_dir=str(root / "run"), num_train_epochs=4, per_device_train_batch_size=8,
+                               planted_lr_fraction=0.0, use_cpu=True, disable_tqdm=True, seed=0),
+    )  # fmt: skip
+    return root / "run" / "model"
+
+
+def test_card_round_trips_with_its_results(tmp_path):
+    TrainingInfo(
+        base_model="meta-llama/Llama-3.1-8B",
+        dataset="mimic-iv-icd10",
+        num_labels=8,
+        train_documents=100,
+        mig={"top-k": 256},
+        planting={"kind": "contextual", "ndcg_k": 10, "random_init": 0.1, "trained": 0.8},
+        finetuning={"mode": "lora"},
+        hyperparameters={"learning_rate": 0.002},
+    ).save(tmp_path)
+    (tmp_path / "eval_report.json").write_text(json.dumps(REPORT))
+    path = write_model_card(tmp_path, model_id="org/plant-icd")
+    card = ModelCard.load(path)
+    results = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert results == {"P@1": 75.0, "P@3": 50.0, "P@5": 40.0, "nDCG@5": 60.0, "PSP@5": 55.0, "micro_f1": 50.0,
+                       "macro_f1": 30.0, "macro_auc": 90.0}  # fmt: skip
+    assert card.data.base_model == "meta-llama/Llama-3.1-8B" and "plant-hf" in card.data.tags
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-classification"
+    text = card.text
+    assert "| 1-5 | 3 | 5 | 20.00 | 10.00 | 30.00 | 40.00 |" in text
+    assert 'AutoModel.from_pretrained("org/plant-icd", trust_remote_code=True)' in text
+    assert "not a medical device" in text and "arXiv:2410.23066" in text
+    assert "contextual ranker (ApproxNDCG); held-out token-ranking nDCG@10 10.00 at random init -> 80.00" in text
+    reloaded = ModelCard.load(path)  # a second round trip keeps the same metadata
+    assert reloaded.data.to_dict() == card.data.to_dict()
+
+
+def test_recipe_writes_a_card_that_names_its_results(trained):
+    card = ModelCard.load(trained / "README.md")
+    report = json.loads((trained / "eval_report.json").read_text())
+    results = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert results["P@1"] == round(100 * report["P@1"], 2)
+
+
+class FakeHfApi:
+    """Records what a push would send, file by file, as `HfApi.upload_folder` selects them."""
+
+    def __init__(self):
+        self.commits = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return type("Repo", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, folder_path, repo_id, allow_patterns=None, ignore_patterns=None, **kwargs):
+        files = [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()]
+        chosen = sorted(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
+        self.commits.append({"repo_id": repo_id, "files": chosen, **kwargs})
+        return type("Commit", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
+
+
+def test_push_sends_the_model_folder_in_one_commit(trained, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+    (folder / "notes.log").write_text("not part of the model")
+    api = FakeHfApi()
+    url = push_to_hub(folder, "org/plant", api=api)
+    assert url == "https://hub/org/plant/commit/1" and len(api.commits) == 1
+    assert api.commits[0]["files"] == [
+        "README.md", "config.json", "configuration_plant.py", "eval_report.json", "label_vocabulary.json",
+        "model.safetensors", "modeling_plant.py", "pipeline_plant.py", "plant_training.json", "tokenizer.json",
+        "tokenizer_config.json",
+    ]  # fmt: skip
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match=r"pickled weights \['training_args.bin'\]"):
+        push_to_hub(folder, "org/plant", api=api)
+
+
+def test_push_sends_a_lora_adapter_alone(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    adapted = get_peft_model(
+        tiny_model("llama"),
+        LoraConfig(r=2, target_modules=r"model\..*\.(q_proj|v_proj)", modules_to_save=["label_attention"]),
+    )
+    adapted.save_pretrained(tmp_path / "adapter")
+    api = FakeHfApi()
+    push_to_hub(tmp_path / "adapter", "org/plant-adapter", api=api)
+    assert api.commits[0]["files"] == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert api.commits[0]["commit_message"] == "Upload PLANT adapter"
+
+
+def test_models_own_push_to_hub_uploads_weights_code_and_label_map(monkeypatch, tmp_path):
+    import transformers.utils.hub as hub_utils
+    from huggingface_hub import ModelCardData
+
+    model = tiny_model("bert", num_labels=3)
+    model.config.id2label = {0: "A01", 1: "B02", 2: "C03"}
+    model.config.label2id = {"A01": 0, "B02": 1, "C03": 2}
+    sent = {}
+
+    class Api:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def create_commit(self, repo_id, operations, **kwargs):
+            for operation in operations:
+                sent[operation.path_in_repo] = Path(operation.path_or_fileobj).read_bytes()
+            return "commit"
+
+    monkeypatch.setattr(hub_utils, "hf_api", lambda *args, **kwargs: Api())
+    monkeypatch.setattr(
+        hub_utils, "create_and_tag_model_card", lambda *args, **kwargs: ModelCard.from_template(ModelCardData())
+    )
+    model.push_to_hub("org/plant")
+    assert sorted(sent) == ["README.md", "config.json", "configuration_plant.py", "model.safetensors",
+                            "modeling_plant.py", "pipeline_plant.py"]  # fmt: skip
+    assert json.loads(sent["config.json"])["id2label"] == {"0": "A01", "1": "B02", "2": "C03"}
+
+
+def test_pipeline_scores_chunks_top_k_threshold_and_batches(trained):
+    classify = pipeline("xmc-classification", model=str(trained))
+    assert isinstance(classify, PlantClassificationPipeline)
+    evidence, noise = synthetic_vocabulary(num_labels=6)
+    long_text = " ".join([*noise[:90], evidence[0]])  # longer than one 32-token chunk
+    single = classify(long_text, top_k=3)
+    assert len(single) == 3 and single[0]["score"] >= single[1]["score"] >= single[2]["score"]
+    ids = classify.tokenizer(long_text)["input_ids"]
+    model = classify.model
+    encoded = classify.preprocess(long_text)
+    with torch.no_grad():
+        probabilities = model(input_ids=encoded["input_ids"]).logits.sigmoid()[0]
+    assert len(ids) > 32 and encoded["input_ids"].shape[1] > 32  # chunked, each chunk with its special tokens
+    assert single[0]["score"] == pytest.approx(float(probabilities.max()), abs=1e-6)
+    texts = [long_text, " ".join([*noise[:10], evidence[3]]), " ".join(noise[20:60])]
+    batched = classify(texts, batch_size=3, top_k=2)
+    one_by_one = [classify(text, top_k=2) for text in texts]
+    for got, expected in zip(batched, one_by_one, strict=True):
+        assert [entry["label"] for entry in got] == [entry["label"] for entry in expected]
+        assert [entry["score"] for entry in got] == pytest.approx([entry["score"] for entry in expected], abs=1e-5)
+    above = classify(long_text, top_k=0, threshold=0.5)
+    assert all(entry["score"] >= 0.5 for entry in above)
+    assert len(above) == int((probabilities >= 0.5).sum())
+
+
+def test_explanations_name_each_labels_evidence_word(trained):
+    classify = pipeline("xmc-classification", model=str(trained))
+    evidence, noise = synthetic_vocabulary(num_labels=6)
+    named = 0
+    for label in range(6):
+        word = evidence[3 * label]
+        text = " ".join([*noise[label * 5 : label * 5 + 30], word, *noise[200 : 200 + 10]])
+        predictions = classify(text, top_k=6, explain=True, explain_words=1)
+        entry = next(entry for entry in predictions if entry["label"] == f"L{label}")
+        named += entry["evidence"][0]["word"] == word
+        assert entry["evidence"][0]["start"] == text.index(word) or entry["evidence"][0]["word"] != word
+    assert named >= 5  # the label's attention names its planted evidence word
+
+
+def test_remote_code_pipeline_in_a_process_without_plant_hf(trained, tmp_path):
+    texts = ["fever cough the patient", "fracture of the femur in a fall"]
+    expected = pipeline("xmc-classification", model=str(trained))(texts, top_k=4)
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, json, sys
+
+        class RefusePlantHf(importlib.abc.MetaPathFinder):
+            def find_spec(self, fullname, path=None, target=None):
+                if fullname.split(".")[0] == "plant_hf":
+                    raise ImportError("plant_hf must not be imported here")
+
+        sys.meta_path.insert(0, RefusePlantHf())
+        from transformers import pipeline
+
+        classify = pipeline(model={str(trained)!r}, trust_remote_code=True)
+        assert type(classify).__name__ == "PlantClassificationPipeline"
+        print(json.dumps(classify({texts!r}, top_k=4)))
+        """
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    for got, want in zip(remote, expected, strict=True):
+        assert [entry["label"] for entry in got] == [entry["label"] for entry in want]
+        assert [entry["score"] for entry in got] == pytest.approx([entry["score"] for entry in want], abs=1e-6)
+
+
+def test_cli_predict_and_explain(trained, tmp_path):
+    documents = tmp_path / "docs.jsonl"
+    evidence, noise = synthetic_vocabulary(num_labels=6)
+    records = [{"id": f"d{i}", "text": " ".join([*noise[i:i + 20], evidence[3 * i]]), "labels": [f"L{i}"]}
+               for i in range(3)]  # fmt: skip
+    documents.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+    def cli(*arguments):
+        result = subprocess.run([sys.executable, "-m", "plant_hf.cli", *arguments], capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result
+
+    cli("predict", "--model", str(trained), "--input", str(documents), "--output", str(tmp_path / "out.jsonl"),
+        "--top_k", "3")  # fmt: skip
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["id"] for line in lines] == ["d0", "d1", "d2"] and all(len(line["labels"]) == 3 for line in lines)
+    cli("explain", "--model", str(trained), "--input", str(documents), "--output_dir", str(tmp_path / "pages"),
+        "--top_k", "3")  # fmt: skip
+    pages = sorted((tmp_path / "pages").glob("0*.html"))
+    assert len(pages) == 3 and (tmp_path / "pages" / "index.html").exists()
+    page = pages[0].read_text()
+    assert evidence[0] in page and '"gold": ["L0"]' in page
+
+
+def test_explanation_page_embeds_text_safely():
+    predictions = [{"label": "X", "score": 0.9, "evidence": [
+        {"word": "</script>", "weight": 0.7, "start": 0, "end": 9},
+        {"word": "ok", "weight": 0.3, "start": 10, "end": 12},
+    ]}]  # fmt: skip
+    page = explanation_page("</script> ok", predictions, gold=["X", "Y"], title="<doc & co>")
+    assert page.count("</script>") == 2  # the data's own "</script>" is escaped inside its element
+    assert "<title>&lt;doc &amp; co&gt;</title>" in page
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian package `chromium`)")
+def test_explanation_page_switches_labels_in_headless_chromium(trained, tmp_path):
+    classify = pipeline("xmc-classification", model=str(trained))
+    evidence, noise = synthetic_vocabulary(num_labels=6)
+    text = " ".join([*noise[:40], evidence[0], evidence[6], *noise[40:60]])
+    predictions = classify(text, top_k=4, explain=True, explain_words=0)
+    page = tmp_path / "page.html"
+    page.write_text(explanation_page(text, predictions, gold=["L0", "L2"], title="doc"))
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]  # fmt: skip
+    url = page.as_uri() + "#selftest"
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert "<title>selftest:ok:4</title>" in dom.stdout, dom.stdout[:500] + dom.stderr[-2000:]
+    console_errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
+    assert not console_errors, console_errors
+    shot = tmp_path / "page.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,800", url], capture_output=True,
+                   timeout=120)  # fmt: skip
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
