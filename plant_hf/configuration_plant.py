@@ -29,6 +29,9 @@ class PlantConfig(PreTrainedConfig):
             with its `model_type`. Defaults to a Llama config.
         label_attention_dim (`int`, *optional*):
             Size of the key space in which tokens and label queries meet. Defaults to the backbone's hidden size.
+        label_value_dim (`int`, *optional*):
+            Rank of the label weights: they act on a shared projection of the token states to this size (cheaper
+            values, smaller heads at many labels). Defaults to the backbone's hidden size (no projection).
         inattention_k (`int`, *optional*):
             Keep, per label, only the `k` highest-scoring tokens of a document; the others get no attention.
             `None` switches inattention off.
@@ -71,6 +74,7 @@ class PlantConfig(PreTrainedConfig):
 
     text_config: dict | PreTrainedConfig | None = None
     label_attention_dim: int | None = None
+    label_value_dim: int | None = None
     inattention_k: int | None = None
     chunk_size: int | None = None
     max_chunks: int | None = None
@@ -117,6 +121,7 @@ class PlantConfig(PreTrainedConfig):
             )
         names = (
             "label_attention_dim",
+            "label_value_dim",
             "inattention_k",
             "chunk_size",
             "max_chunks",

@@ -222,7 +222,9 @@ class PlantLabelAttention(nn.Module):
     `s_lt = K_t . U_l + g_t`: a per-label bias would not change a softmax over tokens, so the only bias is the
     label-independent token salience `g_t = H_t . v`. The label bias `label_bias` enters the logits.
     With a static prior (`prior_rank`), token factors `F` and token biases `f` of the vocabulary and label factors
-    `E` add `F_{x_t} . E_l + f_{x_t}` to the scores, where `x_t` is the token's id.
+    `E` add `F_{x_t} . E_l + f_{x_t}` to the scores, where `x_t` is the token's id. With `value_dim` the label
+    weights act on a shared low-rank projection of the states (`H_t P . w_l`), which divides the cost of the
+    values and the size of the label weights by `hidden_size / value_dim`.
     """
 
     # The parameters that score tokens: what a ranker trains and what planting copies.
@@ -244,12 +246,15 @@ class PlantLabelAttention(nn.Module):
         label_block_size: int | None = None,
         vocab_size: int | None = None,
         prior_rank: int | None = None,
+        value_dim: int | None = None,
     ):
         super().__init__()
         self.key = nn.Linear(hidden_size, attention_dim, bias=False)
         self.salience = nn.Linear(hidden_size, 1, bias=False)
         self.label_queries = nn.Parameter(torch.empty(num_labels, attention_dim))
-        self.label_weights = nn.Parameter(torch.empty(num_labels, hidden_size))
+        if value_dim is not None:
+            self.value = nn.Linear(hidden_size, value_dim, bias=False)
+        self.label_weights = nn.Parameter(torch.empty(num_labels, value_dim or hidden_size))
         self.label_bias = nn.Parameter(torch.empty(num_labels))
         if prior_rank is not None:
             if vocab_size is None:
@@ -345,22 +350,23 @@ class PlantLabelAttention(nn.Module):
         with torch.autocast(hidden_states.device.type, enabled=False):
             hidden_states = hidden_states.float()
             keys, salience = self.project_tokens(hidden_states, attention_mask, input_ids)
+            value_states = self.value(hidden_states) if hasattr(self, "value") else hidden_states
             # Under autograd each block is recomputed in the backward pass, so that training keeps only one
             # block's (tokens x labels) intermediates alive at a time.
             recompute = torch.is_grad_enabled() and len(state.blocks) > 1
             blocks = []
             for index, labels in enumerate(self.label_blocks()):
                 step = partial(self._block_step, labels)
-                args = (keys, salience, hidden_states, *state.blocks[index])
+                args = (keys, salience, value_states, *state.blocks[index])
                 blocks.append(checkpoint(step, *args, use_reentrant=False) if recompute else step(*args))
                 if state.scores is not None:
                     state.scores[index].append(self.block_scores(keys, salience, labels).detach())
         state.blocks = blocks
         return state
 
-    def _block_step(self, labels: slice, keys, salience, hidden_states, *block_state) -> tuple[torch.Tensor, ...]:
+    def _block_step(self, labels: slice, keys, salience, value_states, *block_state) -> tuple[torch.Tensor, ...]:
         scores = self.block_scores(keys, salience, labels)
-        values = hidden_states @ self.label_weights[labels].float().T
+        values = value_states @ self.label_weights[labels].float().T
         if self.inattention_k is None:
             return _online_softmax_step(scores, values, *block_state)
         return _top_k_step(scores, values, *block_state, k=self.inattention_k)
@@ -465,6 +471,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             label_block_size=config.label_block_size,
             vocab_size=config.text_config.vocab_size,
             prior_rank=config.static_prior_rank,
+            value_dim=config.label_value_dim,
         )
         self.post_init()
 

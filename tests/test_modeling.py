@@ -19,7 +19,8 @@ def reference_logits(model, hidden_states, attention_mask, inattention_k=None):
         kth = scores.topk(inattention_k, dim=1).values[:, -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     attention = torch.nan_to_num(torch.softmax(scores, dim=1), nan=0.0)
-    return (attention * (hidden_states @ head.label_weights.T)).sum(1) + head.label_bias
+    value_states = hidden_states @ head.value.weight.T if hasattr(head, "value") else hidden_states
+    return (attention * (value_states @ head.label_weights.T)).sum(1) + head.label_bias
 
 
 def parameter_grads(model, loss):
@@ -46,9 +47,13 @@ def test_forward_shapes_loss_and_maps(backbone_name):
     assert model(input_ids=input_ids).label_attentions is None
 
 
-@pytest.mark.parametrize("inattention_k", [None, 3])
-def test_logits_follow_the_written_out_formula(backbone_name, inattention_k):
-    model = tiny_model(backbone_name, num_labels=7, inattention_k=inattention_k)
+@pytest.mark.parametrize(("inattention_k", "low_rank"), [(None, None), (3, None), (None, 8)])
+def test_logits_follow_the_written_out_formula(backbone_name, inattention_k, low_rank):
+    model = tiny_model(
+        backbone_name, num_labels=7, inattention_k=inattention_k, label_attention_dim=low_rank, label_value_dim=low_rank
+    )
+    if low_rank:
+        assert model.label_attention.label_weights.shape == model.label_attention.label_queries.shape == (7, 8)
     input_ids = random_ids(2, 11)
     mask = torch.ones_like(input_ids)
     mask[1, 8:] = 0
@@ -87,7 +92,7 @@ def assert_equivalent(backbone_name: str, first: dict, second: dict, batch: int,
 @pytest.mark.parametrize("inattention_k", [None, 4])
 @pytest.mark.parametrize("streaming", [False, True])
 def test_label_blocks_equal_unblocked_scores_and_gradients(inattention_k, streaming):
-    whole = dict(num_labels=10, inattention_k=inattention_k, chunk_size=8, streaming=streaming)
+    whole = dict(num_labels=10, inattention_k=inattention_k, chunk_size=8, streaming=streaming, label_value_dim=12)
     assert_equivalent("mistral", whole, dict(whole, label_block_size=3), batch=2, length=21)
 
 

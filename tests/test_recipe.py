@@ -18,7 +18,7 @@ from transformers import AutoModel
 from plant_hf import PlantForMultiLabelClassification
 from plant_hf.data import DataFormatError
 from plant_hf.data.synthetic import write_synthetic_corpus
-from plant_hf.training.recipe import PlantArguments, fit
+from plant_hf.training.recipe import PlantArguments, fit, prepare_run
 from plant_hf.training.trainer import GradualUnfreezing, PlantTrainer, PlantTrainingArguments
 
 from conftest import random_ids, save_backbone, tiny_model
@@ -234,6 +234,29 @@ def test_bad_requests_fail_before_any_work(workspace, tmp_path, monkeypatch):
                 workspace, tmp_path / "r", planting="none", training={"num_train_epochs": 1, "learning_rate": 1e-2}
             )
         )
+    # A run recorded before a setting existed held its default: the same request continues, another is refused.
+    recorded = tmp_path / "r" / "run_config.json"
+    settings = json.loads(recorded.read_text())
+    del settings["label_value_dim"]
+    recorded.write_text(json.dumps(settings))
+    fit(*arguments(workspace, tmp_path / "r", planting="none", training={"num_train_epochs": 1}))
+    with pytest.raises(ValueError, match=r"other settings \(label_value_dim: None -> 8\)"):
+        fit(*arguments(workspace, tmp_path / "r", planting="none", label_value_dim=8, training={"num_train_epochs": 1}))
+    with pytest.raises(ValueError, match=r"train_fraction must be in \(0, 1\]"):
+        fit(*arguments(workspace, tmp_path / "f", train_fraction=0.0))
+
+
+def test_train_fraction_is_a_seeded_subset_of_the_training_split(workspace, tmp_path):
+    def training_ids(fraction, seed):
+        context = prepare_run(*arguments(workspace, tmp_path / f"{fraction}-{seed}", train_fraction=fraction,
+                                         training={"seed": seed}))  # fmt: skip
+        return context.splits["train"]["id"], context.vocabulary
+
+    whole, _ = training_ids(1.0, 0)
+    quarter, vocabulary = training_ids(0.25, 0)
+    assert len(whole) == 160 and len(quarter) == 40 and set(quarter) < set(whole)
+    assert training_ids(0.25, 0)[0] == quarter and training_ids(0.25, 1)[0] != quarter
+    assert vocabulary.num_documents == 40
 
 
 def cli_fit(workspace, run, *extra, launcher=(sys.executable,)):

@@ -94,6 +94,9 @@ class PlantArguments:
     labels_field: str = field(default="labels", metadata={"help": "Labels field of JSON lines / Hub records."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
     synthetic_documents: int = field(default=1000, metadata={"help": "Training documents of the synthetic corpus."})
+    train_fraction: float = field(
+        default=1.0, metadata={"help": "Train on this share of the training split (a seeded random subset)."}
+    )
     chunk_size: int = field(default=256, metadata={"help": "Tokens per chunk (special tokens included)."})
     max_chunks: int | None = field(default=4, metadata={"help": "Chunks read per document."})
     planting: Literal["contextual", "static", "both", "none"] = field(
@@ -115,6 +118,9 @@ class PlantArguments:
     ranker_max_labels: int = field(default=32, metadata={"help": "Labels per document ranked per ranker step."})
     prior_rank: int = field(default=64, metadata={"help": "Rank of the static prior (planting static/both)."})
     label_attention_dim: int | None = field(default=None, metadata={"help": "Key space size (default: hidden)."})
+    label_value_dim: int | None = field(
+        default=None, metadata={"help": "Rank of the label weights (default: hidden); lower is cheaper at many labels."}
+    )
     inattention_k: int | None = field(default=None, metadata={"help": "Attend to each label's k best tokens."})
     label_block_size: int | None = field(default=None, metadata={"help": "Score labels in blocks of this size."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -212,6 +218,12 @@ def prepare_run(args: PlantArguments, training: PlantTrainingArguments) -> RunCo
     if training.process_index == 0:
         print(corpus)
     splits, notes = _split_roles(dict(corpus.splits), training.seed)
+    if not 0.0 < args.train_fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1], got {args.train_fraction}.")
+    if args.train_fraction < 1.0:
+        keep = max(1, round(args.train_fraction * len(splits["train"])))
+        splits["train"] = splits["train"].shuffle(seed=training.data_seed or training.seed).select(range(keep))
+        notes["train"] = f"{keep} training documents ({100 * args.train_fraction:g}% of the split)"
     vocabulary = LabelVocabulary.from_training(splits["train"]["labels"])
     backbone = args.backbone or default_backbone()
     if args.backbone_mode in ("lora", "qlora"):
@@ -257,13 +269,20 @@ def _run_config(args: PlantArguments, training: PlantTrainingArguments) -> dict[
     return {key: value for key, value in sorted(values.items()) if key not in _VOLATILE}
 
 
+def _default_settings() -> dict[str, Any]:
+    fields = [*dataclasses.fields(PlantArguments), *dataclasses.fields(PlantTrainingArguments)]
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING and f.name not in _VOLATILE}
+    return json.loads(json.dumps(defaults, default=str))
+
+
 def _check_run_folder(folder: Path, config: dict[str, Any]) -> None:
     """Refuse a folder whose earlier run used other settings (its outputs would not fit this run)."""
     path = folder / "run_config.json"
     if not path.exists():
         return
-    earlier = json.loads(path.read_text())
     config = json.loads(json.dumps(config, default=str))
+    # Settings added to plant-hf after the earlier run started held their defaults there.
+    earlier = {**_default_settings(), **json.loads(path.read_text())}
     differing = sorted(key for key in set(config) | set(earlier) if config.get(key) != earlier.get(key))
     if differing:
         details = ", ".join(f"{key}: {earlier.get(key)!r} -> {config.get(key)!r}" for key in differing[:6])
@@ -364,6 +383,7 @@ def classifier(context: RunContext, quantize: bool = False) -> PlantForMultiLabe
         chunk_size=args.chunk_size,
         max_chunks=args.max_chunks,
         label_attention_dim=args.label_attention_dim,
+        label_value_dim=args.label_value_dim,
         inattention_k=args.inattention_k,
         label_block_size=args.label_block_size,
         static_prior_rank=args.prior_rank if args.planting in ("static", "both") else None,
