@@ -56,6 +56,7 @@ class MeanPooledLinear(nn.Module):
 
 
 def build(head: str, labels: int, **config):
+    config = {key: value for key, value in config.items() if value is not None}
     from plant_hf import PlantForMultiLabelClassification
 
     model = PlantForMultiLabelClassification.from_backbone(minilm(), num_labels=labels, chunk_size=CHUNK, **config)
@@ -68,7 +69,11 @@ def build(head: str, labels: int, **config):
 def worker_train(spec: dict) -> dict:
     """Forward + backward time and peak memory of one head on one batch shape."""
     torch.manual_seed(0)
-    model = build(spec["head"], spec["labels"], label_block_size=spec.get("label_block_size")).train()
+    rank = spec.get("rank")
+    model = build(
+        spec["head"], spec["labels"], label_block_size=spec.get("label_block_size"), label_attention_dim=rank,
+        label_value_dim=rank,
+    ).train()  # fmt: skip
     input_ids = torch.randint(1000, 20000, (spec["batch"], spec["tokens"]))
     labels = (torch.rand(spec["batch"], spec["labels"]) < 0.002).float()
 
@@ -118,6 +123,7 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/plant-cost.json")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rank", type=int, default=64, help="label_attention_dim and label_value_dim, low-rank head")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -134,18 +140,22 @@ def main() -> None:
     }
     for tokens in (512, 2048):
         for labels in (1024, 4096, 16384):
-            pair = {}
-            for head in ("linear", "plant"):
+            runs = {}
+            for name, head, rank in (("linear", "linear", None), ("plant", "plant", None),
+                                     (f"plant-r{args.rank}", "plant", args.rank)):  # fmt: skip
                 spec = {"kind": "train", "head": head, "labels": labels, "tokens": tokens, "batch": args.batch,
-                        "repeats": args.repeats, "label_block_size": 4096 if labels > 4096 else None}  # fmt: skip
-                pair[head] = measure(spec)
-                print(json.dumps(pair[head]), flush=True)
-            results["ratio"].append({
-                "labels": labels, "tokens": tokens,
-                "time_ratio": pair["plant"]["seconds"] / pair["linear"]["seconds"],
-                "memory_ratio": pair["plant"]["peak_mb"] / pair["linear"]["peak_mb"],
-                "plant": pair["plant"], "linear": pair["linear"],
-            })  # fmt: skip
+                        "repeats": args.repeats, "rank": rank,
+                        "label_block_size": 4096 if labels > 4096 else None}  # fmt: skip
+                runs[name] = measure(spec)
+                print(json.dumps(runs[name]), flush=True)
+            linear = runs.pop("linear")
+            for name, run in runs.items():
+                results["ratio"].append({
+                    "head": name, "labels": labels, "tokens": tokens,
+                    "time_ratio": run["seconds"] / linear["seconds"],
+                    "memory_ratio": run["peak_mb"] / linear["peak_mb"],
+                    "plant": run, "linear": linear,
+                })  # fmt: skip
     for labels in (16384, 131072, 1048576):
         entry = measure({"kind": "infer", "labels": labels, "tokens": 512, "label_block_size": 16384})
         results["labels"].append(entry)

@@ -205,6 +205,47 @@ def _online_softmax_step(
     return new_max, total, weighted
 
 
+class _LabelSoftmaxFold(torch.autograd.Function):
+    """`_online_softmax_step` on scores `keys @ queries.T + salience` and values `value_states @ label_weights.T`
+    that keeps no `(batch, tokens, labels)` tensor for the backward pass: it recomputes scores and values there
+    from its (small) inputs, so that training memory does not grow with tokens x labels."""
+
+    @staticmethod
+    def forward(ctx, keys, salience, queries, value_states, label_weights, running_max, total, weighted):
+        weights = (keys @ queries.T).add_(salience.unsqueeze(-1))
+        new_max = torch.maximum(running_max, weights.amax(dim=1))
+        shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+        weights.sub_(shift.unsqueeze(1)).exp_()
+        rescale = torch.exp(running_max - shift)
+        values = value_states @ label_weights.T
+        total = total * rescale + weights.sum(dim=1)
+        weighted = weighted * rescale + values.mul_(weights).sum(dim=1)
+        ctx.save_for_backward(keys, salience, queries, value_states, label_weights, shift, rescale)
+        ctx.mark_non_differentiable(new_max)
+        return new_max, total, weighted
+
+    @staticmethod
+    def backward(ctx, _, grad_total, grad_weighted):
+        keys, salience, queries, value_states, label_weights, shift, rescale = ctx.saved_tensors
+        weights = (keys @ queries.T).add_(salience.unsqueeze(-1)).sub_(shift.unsqueeze(1)).exp_()
+        grad_weighted, grad_total = grad_weighted.unsqueeze(1), grad_total.unsqueeze(1)
+        grad_values = weights * grad_weighted
+        # d/ds_t of (total, weighted) is w_t (1, v_t): the shift carries no gradient, as in _online_softmax_step.
+        grad_scores = (value_states @ label_weights.T).mul_(grad_weighted).add_(grad_total).mul_(weights)
+        del weights
+        needs = ctx.needs_input_grad
+        return (
+            grad_scores @ queries if needs[0] else None,
+            grad_scores.sum(-1) if needs[1] else None,
+            grad_scores.flatten(0, 1).T @ keys.flatten(0, 1) if needs[2] else None,
+            grad_values @ label_weights if needs[3] else None,
+            grad_values.flatten(0, 1).T @ value_states.flatten(0, 1) if needs[4] else None,
+            None,
+            grad_total.squeeze(1) * rescale if needs[6] else None,
+            grad_weighted.squeeze(1) * rescale if needs[7] else None,
+        )
+
+
 def _top_k_step(
     scores: torch.Tensor, values: torch.Tensor, top_scores: torch.Tensor, top_values: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -351,9 +392,9 @@ class PlantLabelAttention(nn.Module):
             hidden_states = hidden_states.float()
             keys, salience = self.project_tokens(hidden_states, attention_mask, input_ids)
             value_states = self.value(hidden_states) if hasattr(self, "value") else hidden_states
-            # Under autograd each block is recomputed in the backward pass, so that training keeps only one
-            # block's (tokens x labels) intermediates alive at a time.
-            recompute = torch.is_grad_enabled() and len(state.blocks) > 1
+            # The softmax fold keeps no (tokens x labels) tensor for the backward pass; the top-k fold does, so
+            # under autograd each of its blocks is recomputed there, keeping one block's intermediates at a time.
+            recompute = torch.is_grad_enabled() and len(state.blocks) > 1 and self.inattention_k is not None
             blocks = []
             for index, labels in enumerate(self.label_blocks()):
                 step = partial(self._block_step, labels)
@@ -365,11 +406,12 @@ class PlantLabelAttention(nn.Module):
         return state
 
     def _block_step(self, labels: slice, keys, salience, value_states, *block_state) -> tuple[torch.Tensor, ...]:
-        scores = self.block_scores(keys, salience, labels)
-        values = value_states @ self.label_weights[labels].float().T
+        label_weights = self.label_weights[labels].float()
         if self.inattention_k is None:
-            return _online_softmax_step(scores, values, *block_state)
-        return _top_k_step(scores, values, *block_state, k=self.inattention_k)
+            queries = self.queries(labels)
+            return _LabelSoftmaxFold.apply(keys, salience, queries, value_states, label_weights, *block_state)
+        scores = self.block_scores(keys, salience, labels)
+        return _top_k_step(scores, value_states @ label_weights.T, *block_state, k=self.inattention_k)
 
     def finalize(self, state: LabelAttentionState) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits `(batch, num_labels)` and, when scores were kept, attention maps `(batch, num_labels, tokens)`."""

@@ -165,6 +165,46 @@ def test_very_large_scores_stay_finite():
     assert all(torch.isfinite(grad).all() for grad in parameter_grads(model, out.loss).values())
 
 
+def test_softmax_fold_passes_gradcheck_with_masked_tokens_and_empty_documents():
+    from plant_hf.modeling_plant import _LabelSoftmaxFold
+
+    batch, tokens, labels = 3, 7, 5
+    double = dict(dtype=torch.float64)
+    keys, values = torch.randn(batch, tokens, 4, **double), torch.randn(batch, tokens, 6, **double)
+    queries, weights = torch.randn(labels, 4, **double), torch.randn(labels, 6, **double)
+    salience = torch.randn(batch, tokens, **double)
+    salience[1, 4:] = float("-inf")  # padding
+    salience[2] = float("-inf")  # an empty document
+    running_max = torch.randn(batch, labels, **double)
+    running_max[2] = float("-inf")
+    total, weighted = torch.rand(batch, labels, **double) + 0.5, torch.randn(batch, labels, **double)
+    total[2], weighted[2] = 0.0, 0.0
+    inputs = [tensor.requires_grad_() for tensor in (keys, salience, queries, values, weights, total, weighted)]
+
+    def ratio(keys, salience, queries, values, weights, total, weighted):
+        _, total, weighted = _LabelSoftmaxFold.apply(keys, salience, queries, values, weights, running_max, total,
+                                                     weighted)  # fmt: skip
+        return weighted / total.clamp_min(1e-300)
+
+    assert torch.autograd.gradcheck(ratio, inputs)
+
+
+def test_training_keeps_no_tokens_by_labels_tensor_for_the_backward_pass():
+    """Memory of a training step must not grow with tokens x labels: nothing that size is saved for backward."""
+    batch, tokens, labels = 2, 48, 300
+    model = tiny_model("mistral", num_labels=labels, label_value_dim=8).train()
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(input_ids=random_ids(batch, tokens), labels=torch.ones(batch, labels)).loss
+    loss.backward()
+    assert saved and max(saved) < batch * tokens * labels
+
+
 @pytest.mark.parametrize("name", DECODERS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_backbone_keeps_an_fp32_head_without_nan(name, dtype):
