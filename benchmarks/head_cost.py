@@ -121,7 +121,7 @@ def measure(spec: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="/tmp/plant-cost.json")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch_tokens", type=int, default=4096, help="tokens per training batch (8 x 512, 2 x 2048)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rank", type=int, default=64, help="label_attention_dim and label_value_dim, low-rank head")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -143,8 +143,8 @@ def main() -> None:
             runs = {}
             for name, head, rank in (("linear", "linear", None), ("plant", "plant", None),
                                      (f"plant-r{args.rank}", "plant", args.rank)):  # fmt: skip
-                spec = {"kind": "train", "head": head, "labels": labels, "tokens": tokens, "batch": args.batch,
-                        "repeats": args.repeats, "rank": rank,
+                spec = {"kind": "train", "head": head, "labels": labels, "tokens": tokens, "rank": rank,
+                        "batch": args.batch_tokens // tokens, "repeats": args.repeats,
                         "label_block_size": 4096 if labels > 4096 else None}  # fmt: skip
                 runs[name] = measure(spec)
                 print(json.dumps(runs[name]), flush=True)
