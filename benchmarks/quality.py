@@ -157,6 +157,8 @@ def plot_efficiency(efficiency: dict, path: Path, title: str) -> None:
             label = "PLANT (planted)" if system == "contextual" else "random-init head"
             axis.errorbar(100 * x, 100 * y, yerr=100 * error, fmt=style, capsize=3, label=label)
         axis.set_xscale("log")
+        axis.set_xticks(100 * x, [f"{100 * share:g}" for share in x])
+        axis.minorticks_off()
         axis.set_xlabel("% of the training split")
         axis.set_ylabel(f"test {metric} (%)")
         axis.grid(alpha=0.3)
