@@ -7,6 +7,9 @@ the cached states): PLANT (the recipe's planted head), the same head with random
 a mean-pooled linear head, and PECOS XR-Linear on TF-IDF (no backbone). Every system's test predictions are
 scored by plant_hf.metrics; results are means and standard deviations over the seeds. With `--fractions` PLANT
 and the random-init head are also trained on shares of the training split (data efficiency, with a plot).
+Each run keeps its report and wall time in its folder (`benchmark_run.json`): run the same command again after an
+interruption, or with more seeds, and finished runs are read back instead of trained again. The tables for
+BENCHMARKS.md are written to `<work>/<dataset>/quality.md`.
 """
 
 import argparse
