@@ -8,7 +8,8 @@ a mean-pooled linear head, and PECOS XR-Linear on TF-IDF (no backbone). Every sy
 scored by plant_hf.metrics; results are means and standard deviations over the seeds. With `--fractions` PLANT
 and the random-init head are also trained on shares of the training split (data efficiency, with a plot).
 Each run keeps its report and wall time in its folder (`benchmark_run.json`): run the same command again after an
-interruption, or with more seeds, and finished runs are read back instead of trained again. The tables for
+interruption, or with more seeds, and finished runs are read back instead of trained again (an unfinished one
+starts over). The tables for
 BENCHMARKS.md are written to `<work>/<dataset>/quality.md`.
 """
 
@@ -16,6 +17,7 @@ import argparse
 import datetime
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,6 +71,8 @@ def recorded(run: Callable[[], dict], output: Path) -> dict:
     record = output / "benchmark_run.json"
     if record.exists():
         return json.loads(record.read_text())
+    shutil.rmtree(output, ignore_errors=True)  # an unfinished run starts over, so that its wall time is whole
+    output.mkdir(parents=True)
     started = time.perf_counter()
     report = {**run(), "seconds": time.perf_counter() - started}
     record.write_text(json.dumps(report, default=float))
@@ -125,7 +129,6 @@ def run_xr_linear(data: str, work: Path) -> dict:
         subprocess.run([sys.executable, str(script), "--data", data, "--out", str(predictions)], check=True)
         return evaluate_prediction_file(predictions, data)
 
-    output.mkdir(parents=True, exist_ok=True)
     return recorded(run, output)
 
 
