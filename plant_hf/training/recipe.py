@@ -48,6 +48,7 @@ _VOLATILE = {
     "logging_strategy",
     "logging_first_step",
     "disable_tqdm",
+    "dataloader_pin_memory",
     "report_to",
     "run_name",
     "save_total_limit",

@@ -3,6 +3,7 @@ rates for the head, the planted attention and the backbone, and gradual unfreezi
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -69,6 +70,9 @@ class PlantTrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(default="P@5", metadata={"help": "Dev metric that picks the best."})
     greater_is_better: bool | None = field(default=True, metadata={"help": "Whether that metric is better high."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept on disk."})
+    dataloader_pin_memory: bool = field(
+        default=torch.cuda.is_available(), metadata={"help": "Pin batches in memory (default: when CUDA is there)."}
+    )
 
     def group_learning_rates(self) -> dict[str, float]:
         return {
