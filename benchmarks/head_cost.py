@@ -15,11 +15,10 @@ import resource
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
+from baselines import MeanPooledLinearHead
 from torch import nn
-from torch.nn import functional as F
 
 CHUNK = 512
 
@@ -40,19 +39,16 @@ def peak_rss_mb() -> float:
 
 
 class MeanPooledLinear(nn.Module):
-    """The usual baseline head: the mean of the token states (over all chunks), then one linear layer."""
+    """The baseline head on the same backbone and chunking as the PLANT model it is built from."""
 
     def __init__(self, plant_model, num_labels: int):
         super().__init__()
         self.encoder = plant_model  # only its backbone and chunking are used
-        self.classifier = nn.Linear(plant_model.config.text_config.hidden_size, num_labels)
+        self.head = MeanPooledLinearHead(plant_model.config.text_config.hidden_size, num_labels)
 
     def forward(self, input_ids, labels):
         states = self.encoder.encode(input_ids)
-        mask = states.attention_mask.unsqueeze(-1).float()
-        pooled = (states.hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
-        logits = self.classifier(pooled)
-        return SimpleNamespace(loss=F.binary_cross_entropy_with_logits(logits, labels), logits=logits)
+        return self.head(states.hidden_states, states.attention_mask, labels=labels)
 
 
 def build(head: str, labels: int, **config):

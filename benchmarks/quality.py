@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import PreTrainedConfig, Trainer, TrainingArguments
-from transformers.modeling_outputs import SequenceClassifierOutput
+from baselines import MeanPooledLinearHead
+from transformers import Trainer, TrainingArguments
 
 from plant_hf.cache import CachedDocumentCollator
 from plant_hf.metrics import evaluate_predictions
@@ -38,22 +38,6 @@ from plant_hf.training.trainer import PlantTrainingArguments
 
 METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "macro_f1")
 BUCKET_METRICS = ("P@5", "PSP@5", "R@5")
-
-
-class MeanPooledLinearHead(torch.nn.Module):
-    """The usual baseline: mean of the cached token states, one linear layer, binary cross-entropy."""
-
-    def __init__(self, hidden_size: int, num_labels: int):
-        super().__init__()
-        self.classifier = torch.nn.Linear(hidden_size, num_labels)
-        self.config = PreTrainedConfig(num_labels=num_labels)
-
-    def forward(self, token_states, attention_mask, input_ids=None, labels=None) -> SequenceClassifierOutput:
-        mask = attention_mask.unsqueeze(-1).float()
-        pooled = (token_states.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
-        logits = self.classifier(pooled)
-        loss = None if labels is None else torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def plant_arguments(data: str, planting: str, fraction: float, cache: Path, rank: int | None = None) -> PlantArguments:

@@ -293,8 +293,7 @@ class PlantLabelAttention(nn.Module):
         self.key = nn.Linear(hidden_size, attention_dim, bias=False)
         self.salience = nn.Linear(hidden_size, 1, bias=False)
         self.label_queries = nn.Parameter(torch.empty(num_labels, attention_dim))
-        if value_dim is not None:
-            self.value = nn.Linear(hidden_size, value_dim, bias=False)
+        self.value = nn.Identity() if value_dim is None else nn.Linear(hidden_size, value_dim, bias=False)
         self.label_weights = nn.Parameter(torch.empty(num_labels, value_dim or hidden_size))
         self.label_bias = nn.Parameter(torch.empty(num_labels))
         if prior_rank is not None:
@@ -391,7 +390,7 @@ class PlantLabelAttention(nn.Module):
         with torch.autocast(hidden_states.device.type, enabled=False):
             hidden_states = hidden_states.float()
             keys, salience = self.project_tokens(hidden_states, attention_mask, input_ids)
-            value_states = self.value(hidden_states) if hasattr(self, "value") else hidden_states
+            value_states = self.value(hidden_states)
             # The softmax fold keeps no (tokens x labels) tensor for the backward pass; the top-k fold does, so
             # under autograd each of its blocks is recomputed there, keeping one block's intermediates at a time.
             recompute = torch.is_grad_enabled() and len(state.blocks) > 1 and self.inattention_k is not None
@@ -588,16 +587,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
     ) -> PlantTokenStates:
         """Backbone states of every token the label attention reads, in chunk layout."""
-        chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
-        inputs, mask = chunks.flat()
-        hidden_states = self._run_backbone(inputs, mask)
-        batch_size = chunks.attention_mask.shape[0]
-        ids = inputs.get("input_ids")
-        return PlantTokenStates(
-            hidden_states=hidden_states.view(batch_size, -1, hidden_states.shape[-1]),
-            attention_mask=mask.view(batch_size, -1),
-            input_ids=None if ids is None else ids.reshape(batch_size, -1),
-        )
+        return self._flat_states(self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds))
 
     @torch.no_grad()
     def label_attention_maps(
@@ -615,12 +605,9 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         only for these labels, so that explaining a few predictions costs little whatever the label count.
         """
         chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
-        batch_size = chunks.attention_mask.shape[0]
-        inputs, mask = chunks.flat()
-        hidden_states = self._run_backbone(inputs, mask).view(batch_size, -1, self.config.text_config.hidden_size)
-        token_ids = inputs["input_ids"].reshape(batch_size, -1) if "input_ids" in inputs else None
+        states = self._flat_states(chunks)
         scores = self.label_attention.document_label_scores(
-            hidden_states, mask.view(batch_size, -1), label_ids, token_ids
+            states.hidden_states, states.attention_mask, label_ids, states.input_ids
         )
         if self.config.inattention_k is not None and self.config.inattention_k < scores.shape[-1]:
             kth = scores.topk(self.config.inattention_k, dim=-1).values[..., -1:]
@@ -676,11 +663,22 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
                 hidden_states = self.dropout(self._run_backbone(inputs, mask))
                 state = self.label_attention.fold(state, hidden_states, mask, inputs.get("input_ids"))
         else:
-            inputs, mask = chunks.flat()
-            hidden_states = self._run_backbone(inputs, mask).view(batch_size, -1, self.config.text_config.hidden_size)
-            token_ids = inputs["input_ids"].reshape(batch_size, -1) if "input_ids" in inputs else None
-            state = self.label_attention.fold(state, self.dropout(hidden_states), mask.view(batch_size, -1), token_ids)
+            states = self._flat_states(chunks)
+            hidden_states = self.dropout(states.hidden_states)
+            state = self.label_attention.fold(state, hidden_states, states.attention_mask, states.input_ids)
         return self.label_attention.finalize(state)
+
+    def _flat_states(self, chunks: DocumentChunks) -> PlantTokenStates:
+        """The backbone run over all chunks at once, its states laid out per document `(batch, tokens, hidden)`."""
+        batch_size = chunks.attention_mask.shape[0]
+        inputs, mask = chunks.flat()
+        hidden_states = self._run_backbone(inputs, mask)
+        ids = inputs.get("input_ids")
+        return PlantTokenStates(
+            hidden_states=hidden_states.view(batch_size, -1, hidden_states.shape[-1]),
+            attention_mask=mask.view(batch_size, -1),
+            input_ids=None if ids is None else ids.reshape(batch_size, -1),
+        )
 
     def _attend_to_states(
         self,

@@ -2,6 +2,10 @@
 
 import importlib.util
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +134,26 @@ def save_backbone(folder, family: str = "bert", words: list[str] | None = None, 
     AutoModel.from_config(config).save_pretrained(folder)
     word_tokenizer(words).save_pretrained(folder)
     return str(folder)
+
+
+_REFUSE_PLANT_HF = """
+import importlib.abc, sys
+
+class RefusePlantHf(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] == "plant_hf":
+            raise ImportError("plant_hf must not be imported here")
+
+sys.meta_path.insert(0, RefusePlantHf())
+"""
+
+
+def run_without_plant_hf(script: str, folder: Path) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh Python that cannot import plant_hf (as a user with only transformers would),
+    offline, with its own HF_HOME under `folder`; it must succeed."""
+    env = {**os.environ, "HF_HOME": str(folder / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    command = [sys.executable, "-c", _REFUSE_PLANT_HF + textwrap.dedent(script)]
+    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

@@ -1,11 +1,9 @@
 """Model cards, Hub uploads (to a fake Hub), the xmc-classification pipeline, explanations and their pages."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from plant_hf.hub import TrainingInfo, push_to_hub, write_model_card
 from plant_hf.training.recipe import PlantArguments, fit
 from plant_hf.training.trainer import PlantTrainingArguments
 
-from conftest import save_backbone, tiny_model
+from conftest import run_without_plant_hf, save_backbone, tiny_model
 
 REPORT = {
     "documents": 40, "labels": 8, "P@1": 0.75, "P@3": 0.5, "P@5": 0.4, "nDCG@5": 0.6, "PSP@5": 0.55,
@@ -198,27 +196,17 @@ def test_explanations_name_each_labels_evidence_word(trained):
 def test_remote_code_pipeline_in_a_process_without_plant_hf(trained, tmp_path):
     texts = ["fever cough the patient", "fracture of the femur in a fall"]
     expected = pipeline("xmc-classification", model=str(trained))(texts, top_k=4)
-    script = textwrap.dedent(
+    result = run_without_plant_hf(
         f"""
-        import importlib.abc, json, sys
-
-        class RefusePlantHf(importlib.abc.MetaPathFinder):
-            def find_spec(self, fullname, path=None, target=None):
-                if fullname.split(".")[0] == "plant_hf":
-                    raise ImportError("plant_hf must not be imported here")
-
-        sys.meta_path.insert(0, RefusePlantHf())
+        import json
         from transformers import pipeline
 
         classify = pipeline(model={str(trained)!r}, trust_remote_code=True)
         assert type(classify).__name__ == "PlantClassificationPipeline"
         print(json.dumps(classify({texts!r}, top_k=4)))
-        """
+        """,
+        tmp_path,
     )
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
     remote = json.loads(result.stdout.strip().splitlines()[-1])
     for got, want in zip(remote, expected, strict=True):
         assert [entry["label"] for entry in got] == [entry["label"] for entry in want]

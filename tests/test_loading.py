@@ -2,10 +2,6 @@
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -24,7 +20,7 @@ from transformers import (
 
 from plant_hf import PlantForMultiLabelClassification
 
-from conftest import minilm_path, random_ids, requires_minilm, tiny_backbone, tiny_model
+from conftest import minilm_path, random_ids, requires_minilm, run_without_plant_hf, tiny_backbone, tiny_model
 
 ID2LABEL = {0: "cardiology", 1: "oncology", 2: "renal", 3: "trauma"}
 
@@ -63,16 +59,9 @@ def test_remote_code_load_in_a_process_that_never_imports_plant_hf(tmp_path, nam
     input_ids = random_ids(2, 13)
     torch.save(input_ids, tmp_path / "ids.pt")
     expected = model(input_ids=input_ids).logits
-    script = textwrap.dedent(
+    run_without_plant_hf(
         f"""
-        import importlib.abc, sys, torch
-
-        class RefusePlantHf(importlib.abc.MetaPathFinder):
-            def find_spec(self, fullname, path=None, target=None):
-                if fullname.split(".")[0] == "plant_hf":
-                    raise ImportError("plant_hf must not be imported here")
-
-        sys.meta_path.insert(0, RefusePlantHf())
+        import torch
         from transformers import AutoModel, AutoModelForSequenceClassification
 
         model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
@@ -83,14 +72,9 @@ def test_remote_code_load_in_a_process_that_never_imports_plant_hf(tmp_path, nam
         torch.save(model(input_ids=ids).logits.detach(), {str(tmp_path / "logits.pt")!r})
         assert torch.equal(same(input_ids=ids).logits, model(input_ids=ids).logits)
         assert "plant_hf" not in sys.modules
-        """
+        """,
+        tmp_path,
     )
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected.detach(), rtol=0, atol=0)
     assert list((tmp_path / "hf_home" / "modules" / "transformers_modules").rglob("modeling_plant.py"))
 

@@ -19,7 +19,7 @@ def reference_logits(model, hidden_states, attention_mask, inattention_k=None):
         kth = scores.topk(inattention_k, dim=1).values[:, -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     attention = torch.nan_to_num(torch.softmax(scores, dim=1), nan=0.0)
-    value_states = hidden_states @ head.value.weight.T if hasattr(head, "value") else hidden_states
+    value_states = head.value(hidden_states)
     return (attention * (value_states @ head.label_weights.T)).sum(1) + head.label_bias
 
 

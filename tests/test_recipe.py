@@ -243,7 +243,7 @@ def test_bad_requests_fail_before_any_work(workspace, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"other settings \(label_value_dim: None -> 8\)"):
         fit(*arguments(workspace, tmp_path / "r", planting="none", label_value_dim=8, training={"num_train_epochs": 1}))
     with pytest.raises(ValueError, match=r"train_fraction must be in \(0, 1\]"):
-        fit(*arguments(workspace, tmp_path / "f", train_fraction=0.0))
+        arguments(workspace, tmp_path / "f", train_fraction=0.0)
 
 
 def test_train_fraction_is_a_seeded_subset_of_the_training_split(workspace, tmp_path):

@@ -141,6 +141,10 @@ class PlantArguments:
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted fine-tuning from its checkpoint."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the backbone's own code."})
 
+    def __post_init__(self):
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}.")
+
 
 @dataclass
 class RunContext:
@@ -219,8 +223,6 @@ def prepare_run(args: PlantArguments, training: PlantTrainingArguments) -> RunCo
     if training.process_index == 0:
         print(corpus)
     splits, notes = _split_roles(dict(corpus.splits), training.seed)
-    if not 0.0 < args.train_fraction <= 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1], got {args.train_fraction}.")
     if args.train_fraction < 1.0:
         keep = max(1, round(args.train_fraction * len(splits["train"])))
         splits["train"] = splits["train"].shuffle(seed=training.data_seed or training.seed).select(range(keep))
