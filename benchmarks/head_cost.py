@@ -21,6 +21,7 @@ from baselines import MeanPooledLinearHead
 from torch import nn
 
 CHUNK = 512
+PARTS = ("ratio", "labels", "streaming")  # training time and memory ratios, inference memory, streaming memory
 
 
 def minilm() -> str:
@@ -74,7 +75,9 @@ def worker_train(spec: dict) -> dict:
     labels = (torch.rand(spec["batch"], spec["labels"]) < 0.002).float()
 
     def step():
-        model(input_ids=input_ids, labels=labels).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.get("bf16", False)):
+            loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
         model.zero_grad(set_to_none=True)
 
     base = current_rss_mb()
@@ -120,6 +123,8 @@ def main() -> None:
     parser.add_argument("--batch_tokens", type=int, default=4096, help="tokens per training batch (8 x 512, 2 x 2048)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rank", type=int, default=64, help="label_attention_dim and label_value_dim, low-rank head")
+    parser.add_argument("--bf16", action="store_true", help="training steps under bf16 autocast (as `--bf16` trains)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which measurements to run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -130,17 +135,18 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, CPU",
+        "bf16": args.bf16,
         "ratio": [],
         "labels": [],
         "streaming": [],
     }
-    for tokens in (512, 2048):
+    for tokens in (512, 2048) if "ratio" in args.parts else ():
         for labels in (1024, 4096, 16384):
             runs = {}
             for name, head, rank in (("linear", "linear", None), ("plant", "plant", None),
                                      (f"plant-r{args.rank}", "plant", args.rank)):  # fmt: skip
                 spec = {"kind": "train", "head": head, "labels": labels, "tokens": tokens, "rank": rank,
-                        "batch": args.batch_tokens // tokens, "repeats": args.repeats,
+                        "batch": args.batch_tokens // tokens, "repeats": args.repeats, "bf16": args.bf16,
                         "label_block_size": 4096 if labels > 4096 else None}  # fmt: skip
                 runs[name] = measure(spec)
                 print(json.dumps(runs[name]), flush=True)
@@ -152,11 +158,11 @@ def main() -> None:
                     "memory_ratio": run["peak_mb"] / linear["peak_mb"],
                     "plant": run, "linear": linear,
                 })  # fmt: skip
-    for labels in (16384, 131072, 1048576):
+    for labels in (16384, 131072, 1048576) if "labels" in args.parts else ():
         entry = measure({"kind": "infer", "labels": labels, "tokens": 512, "label_block_size": 16384})
         results["labels"].append(entry)
         print(json.dumps(entry), flush=True)
-    for streaming in (True, False):
+    for streaming in (True, False) if "streaming" in args.parts else ():
         for tokens in (1024, 4096, 16384, 65536):
             entry = measure({"kind": "infer", "labels": 4096, "tokens": tokens, "streaming": streaming})
             results["streaming"].append(entry)

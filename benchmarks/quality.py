@@ -7,10 +7,10 @@ the cached states): PLANT (the recipe's planted head), the same head with random
 a mean-pooled linear head, and PECOS XR-Linear on TF-IDF (no backbone). Every system's test predictions are
 scored by plant_hf.metrics; results are means and standard deviations over the seeds. With `--fractions` PLANT
 and the random-init head are also trained on shares of the training split (data efficiency, with a plot).
-Each run keeps its report and wall time in its folder (`benchmark_run.json`): run the same command again after an
-interruption, or with more seeds, and finished runs are read back instead of trained again (an unfinished one
-starts over). The tables for
-BENCHMARKS.md are written to `<work>/<dataset>/quality.md`.
+Each run keeps its report and wall time in its folder (`benchmark_run.json`, in a folder named by system, seed,
+share of the data and, when set, `--rank` and `--bf16`): run the same command again after an interruption, or with
+more seeds, and finished runs are read back instead of trained again (an unfinished one starts over). The tables
+for BENCHMARKS.md are written to `<work>/<dataset>/quality.md`.
 """
 
 import argparse
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +41,28 @@ METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "macro_f1")
 BUCKET_METRICS = ("P@5", "PSP@5", "R@5")
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What every trained system of one invocation shares: epochs, the heads' rank and the precision."""
+
+    epochs: float
+    rank: int | None = None
+    bf16: bool = False
+
+    def folder(self, work: Path, name: str, head: bool = True) -> Path:
+        """A run's folder; its name carries the settings that change results, so runs of other settings stay apart."""
+        rank = f"-rank{self.rank}" if head and self.rank else ""
+        return work / f"{name}{rank}{'-bf16' if self.bf16 else ''}"
+
+
 def plant_arguments(data: str, planting: str, fraction: float, cache: Path, rank: int | None = None) -> PlantArguments:
     return PlantArguments(data=data, planting=planting, backbone_mode="frozen", max_chunks=2, train_fraction=fraction,
                           cache_dir=str(cache), label_attention_dim=rank, label_value_dim=rank)  # fmt: skip
 
 
-def training_arguments(output: Path, seed: int, epochs: float) -> PlantTrainingArguments:
-    return PlantTrainingArguments(output_dir=str(output), seed=seed, num_train_epochs=epochs, disable_tqdm=True,
+def training_arguments(output: Path, seed: int, budget: Budget) -> PlantTrainingArguments:
+    return PlantTrainingArguments(output_dir=str(output), seed=seed, num_train_epochs=budget.epochs, bf16=budget.bf16,
+                                  use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
                                   save_total_limit=1)  # fmt: skip
 
 
@@ -63,20 +79,20 @@ def recorded(run: Callable[[], dict], output: Path) -> dict:
     return report
 
 
-def run_head(data: str, planting: str, seed: int, fraction: float, work: Path, epochs: float, rank: int | None) -> dict:
-    output = work / f"{planting}-seed{seed}-frac{fraction:g}"
-    settings = plant_arguments(data, planting, fraction, work / "cache", rank)
-    return recorded(lambda: fit(settings, training_arguments(output, seed, epochs)), output)
+def run_head(data: str, planting: str, seed: int, fraction: float, work: Path, budget: Budget) -> dict:
+    output = budget.folder(work, f"{planting}-seed{seed}-frac{fraction:g}")
+    settings = plant_arguments(data, planting, fraction, work / "cache", budget.rank)
+    return recorded(lambda: fit(settings, training_arguments(output, seed, budget)), output)
 
 
-def run_linear(data: str, seed: int, work: Path, epochs: float) -> dict:
+def run_linear(data: str, seed: int, work: Path, budget: Budget) -> dict:
     """The mean-pooled linear head, trained on the same cached states as the other heads."""
-    output = work / f"linear-seed{seed}"
-    return recorded(lambda: train_linear(data, seed, output, work / "cache", epochs), output)
+    output = budget.folder(work, f"linear-seed{seed}", head=False)
+    return recorded(lambda: train_linear(data, seed, output, work / "cache", budget), output)
 
 
-def train_linear(data: str, seed: int, output: Path, cache: Path, epochs: float) -> dict:
-    context = prepare_run(plant_arguments(data, "none", 1.0, cache), training_arguments(output, seed, 1))
+def train_linear(data: str, seed: int, output: Path, cache: Path, budget: Budget) -> dict:
+    context = prepare_run(plant_arguments(data, "none", 1.0, cache), training_arguments(output, seed, budget))
     encoder = classifier(context)
     documents = {split: context.cached(split, encoder) for split in ("train", "test")}
     torch.manual_seed(seed)
@@ -85,7 +101,8 @@ def train_linear(data: str, seed: int, output: Path, cache: Path, epochs: float)
         model=head,
         args=TrainingArguments(
             output_dir=str(output / "checkpoints"),
-            num_train_epochs=epochs,
+            num_train_epochs=budget.epochs,
+            bf16=budget.bf16,
             learning_rate=2e-3,
             per_device_train_batch_size=16,
             warmup_steps=0.05,
@@ -193,19 +210,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--fractions", type=float, nargs="*", default=[], help="shares of the training split")
     parser.add_argument("--rank", type=int, help="label_attention_dim and label_value_dim of the heads (low rank)")
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="train every head under bf16 autocast (the heads' products in bf16, softmax in fp32)",
+    )
     parser.add_argument("--systems", nargs="+", default=["plant", "random", "linear", "xr-linear"])
     args = parser.parse_args()
+    budget = Budget(args.epochs, args.rank, args.bf16)
     work = Path(args.work) / Path(args.data).name
     work.mkdir(parents=True, exist_ok=True)
     results = {"command": "python " + " ".join(sys.argv), "date": datetime.date.today().isoformat(),
                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                           f"{'GPU' if torch.cuda.is_available() else 'CPU'}",
                "mode": "frozen MiniLM backbone, cached states", "epochs": args.epochs, "seeds": args.seeds,
-               "rank": args.rank, "systems": {}, "efficiency": {}}  # fmt: skip
+               "rank": args.rank, "bf16": args.bf16, "systems": {}, "efficiency": {}}  # fmt: skip
     runners = {
-        "plant": lambda seed: run_head(args.data, "contextual", seed, 1.0, work, args.epochs, args.rank),
-        "random": lambda seed: run_head(args.data, "none", seed, 1.0, work, args.epochs, args.rank),
-        "linear": lambda seed: run_linear(args.data, seed, work, args.epochs),
+        "plant": lambda seed: run_head(args.data, "contextual", seed, 1.0, work, budget),
+        "random": lambda seed: run_head(args.data, "none", seed, 1.0, work, budget),
+        "linear": lambda seed: run_linear(args.data, seed, work, budget),
     }
     for system in args.systems:
         if system == "xr-linear":
@@ -216,7 +239,7 @@ def main() -> None:
     for planting, system in (("contextual", "plant"), ("none", "random")) if args.fractions else ():
         results["efficiency"][planting] = {
             fraction: results["systems"][system] if fraction == 1.0 and system in results["systems"] else
-            summarise([run_head(args.data, planting, seed, fraction, work, args.epochs, args.rank)
+            summarise([run_head(args.data, planting, seed, fraction, work, budget)
                        for seed in args.seeds])
             for fraction in args.fractions
         }  # fmt: skip

@@ -205,44 +205,58 @@ def _online_softmax_step(
     return new_max, total, weighted
 
 
+def _product(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`a @ b` with the operands in `dtype`, returned in the wider of the operands' own dtypes."""
+    return (a.to(dtype) @ b.to(dtype)).to(torch.promote_types(a.dtype, b.dtype))
+
+
 class _LabelSoftmaxFold(torch.autograd.Function):
     """`_online_softmax_step` on scores `keys @ queries.T + salience` and values `value_states @ label_weights.T`
     that keeps no `(batch, tokens, labels)` tensor for the backward pass: it recomputes scores and values there
-    from its (small) inputs, so that training memory does not grow with tokens x labels."""
+    from its (small) inputs, so that training memory does not grow with tokens x labels.
+
+    The products over tokens x labels, forward and backward, take their operands in `matmul_dtype` (bf16 runs
+    them on the half-precision units); exponentials, maxima and sums stay in fp32.
+    """
 
     @staticmethod
-    def forward(ctx, keys, salience, queries, value_states, label_weights, running_max, total, weighted):
-        weights = (keys @ queries.T).add_(salience.unsqueeze(-1))
+    def forward(ctx, keys, salience, queries, value_states, label_weights, running_max, total, weighted, matmul_dtype):
+        weights = _product(keys, queries.T, matmul_dtype).add_(salience.unsqueeze(-1))
         new_max = torch.maximum(running_max, weights.amax(dim=1))
         shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
         weights.sub_(shift.unsqueeze(1)).exp_()
         rescale = torch.exp(running_max - shift)
-        values = value_states @ label_weights.T
+        values = _product(value_states, label_weights.T, matmul_dtype)
         total = total * rescale + weights.sum(dim=1)
         weighted = weighted * rescale + values.mul_(weights).sum(dim=1)
         ctx.save_for_backward(keys, salience, queries, value_states, label_weights, shift, rescale)
+        ctx.matmul_dtype = matmul_dtype
         ctx.mark_non_differentiable(new_max)
         return new_max, total, weighted
 
     @staticmethod
     def backward(ctx, _, grad_total, grad_weighted):
         keys, salience, queries, value_states, label_weights, shift, rescale = ctx.saved_tensors
-        weights = (keys @ queries.T).add_(salience.unsqueeze(-1)).sub_(shift.unsqueeze(1)).exp_()
+        dtype = ctx.matmul_dtype
+        weights = _product(keys, queries.T, dtype).add_(salience.unsqueeze(-1)).sub_(shift.unsqueeze(1)).exp_()
         grad_weighted, grad_total = grad_weighted.unsqueeze(1), grad_total.unsqueeze(1)
-        grad_values = weights * grad_weighted
+        grad_values = (weights * grad_weighted).to(dtype)
         # d/ds_t of (total, weighted) is w_t (1, v_t): the shift carries no gradient, as in _online_softmax_step.
-        grad_scores = (value_states @ label_weights.T).mul_(grad_weighted).add_(grad_total).mul_(weights)
+        grad_scores = _product(value_states, label_weights.T, dtype).mul_(grad_weighted).add_(grad_total).mul_(weights)
         del weights
         needs = ctx.needs_input_grad
+        grad_salience = grad_scores.sum(-1) if needs[1] else None
+        grad_scores = grad_scores.to(dtype)
         return (
-            grad_scores @ queries if needs[0] else None,
-            grad_scores.sum(-1) if needs[1] else None,
-            grad_scores.flatten(0, 1).T @ keys.flatten(0, 1) if needs[2] else None,
-            grad_values @ label_weights if needs[3] else None,
-            grad_values.flatten(0, 1).T @ value_states.flatten(0, 1) if needs[4] else None,
+            _product(grad_scores, queries, dtype) if needs[0] else None,
+            grad_salience,
+            _product(grad_scores.flatten(0, 1).T, keys.flatten(0, 1), dtype) if needs[2] else None,
+            _product(grad_values, label_weights, dtype) if needs[3] else None,
+            _product(grad_values.flatten(0, 1).T, value_states.flatten(0, 1), dtype) if needs[4] else None,
             None,
             grad_total.squeeze(1) * rescale if needs[6] else None,
             grad_weighted.squeeze(1) * rescale if needs[7] else None,
+            None,
         )
 
 
@@ -386,8 +400,15 @@ class PlantLabelAttention(nn.Module):
         attention_mask: torch.Tensor,
         input_ids: torch.Tensor | None = None,
     ) -> LabelAttentionState:
-        """Fold the tokens `hidden_states` `(batch, tokens, hidden)` into the running attention `state`."""
-        with torch.autocast(hidden_states.device.type, enabled=False):
+        """Fold the tokens `hidden_states` `(batch, tokens, hidden)` into the running attention `state`.
+
+        The head computes in fp32; under bf16 autocast the softmax fold's products over tokens x labels take bf16
+        operands (see `_LabelSoftmaxFold`). fp16 autocast keeps them in fp32: large scores would overflow fp16.
+        """
+        device = hidden_states.device.type
+        bf16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+        matmul_dtype = torch.bfloat16 if bf16 else torch.float32
+        with torch.autocast(device, enabled=False):
             hidden_states = hidden_states.float()
             keys, salience = self.project_tokens(hidden_states, attention_mask, input_ids)
             value_states = self.value(hidden_states)
@@ -396,7 +417,7 @@ class PlantLabelAttention(nn.Module):
             recompute = torch.is_grad_enabled() and len(state.blocks) > 1 and self.inattention_k is not None
             blocks = []
             for index, labels in enumerate(self.label_blocks()):
-                step = partial(self._block_step, labels)
+                step = partial(self._block_step, labels, matmul_dtype)
                 args = (keys, salience, value_states, *state.blocks[index])
                 blocks.append(checkpoint(step, *args, use_reentrant=False) if recompute else step(*args))
                 if state.scores is not None:
@@ -404,11 +425,15 @@ class PlantLabelAttention(nn.Module):
         state.blocks = blocks
         return state
 
-    def _block_step(self, labels: slice, keys, salience, value_states, *block_state) -> tuple[torch.Tensor, ...]:
+    def _block_step(
+        self, labels: slice, matmul_dtype: torch.dtype, keys, salience, value_states, *block_state
+    ) -> tuple[torch.Tensor, ...]:
         label_weights = self.label_weights[labels].float()
         if self.inattention_k is None:
             queries = self.queries(labels)
-            return _LabelSoftmaxFold.apply(keys, salience, queries, value_states, label_weights, *block_state)
+            return _LabelSoftmaxFold.apply(
+                keys, salience, queries, value_states, label_weights, *block_state, matmul_dtype
+            )
         scores = self.block_scores(keys, salience, labels)
         return _top_k_step(scores, value_states @ label_weights.T, *block_state, k=self.inattention_k)
 

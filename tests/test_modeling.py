@@ -183,7 +183,7 @@ def test_softmax_fold_passes_gradcheck_with_masked_tokens_and_empty_documents():
 
     def ratio(keys, salience, queries, values, weights, total, weighted):
         _, total, weighted = _LabelSoftmaxFold.apply(keys, salience, queries, values, weights, running_max, total,
-                                                     weighted)  # fmt: skip
+                                                     weighted, torch.float64)  # fmt: skip
         return weighted / total.clamp_min(1e-300)
 
     assert torch.autograd.gradcheck(ratio, inputs)
@@ -219,11 +219,30 @@ def test_half_precision_backbone_keeps_an_fp32_head_without_nan(name, dtype):
     torch.testing.assert_close(out.logits, reference, atol=0.05, rtol=0.05)
 
 
-def test_autocast_does_not_lower_the_head_precision():
-    model = tiny_model("llama")
+def test_bf16_autocast_runs_the_head_products_in_bf16_and_keeps_fp32_outputs():
+    head = tiny_model("llama", num_labels=40, label_block_size=16).label_attention
+    hidden_states = torch.randn(3, 12, head.key.in_features)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[1, 5:], mask[2] = False, False  # padding and an empty document
+
+    def logits_and_grads():
+        logits, _ = head.finalize(head.fold(head.init_state(3, hidden_states.device), hidden_states, mask))
+        head.zero_grad()
+        logits.square().sum().backward()
+        return logits.detach(), {name: p.grad.clone() for name, p in head.named_parameters()}
+
+    reference, reference_grads = logits_and_grads()
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert torch.equal(logits_and_grads()[0], reference)  # fp16 would overflow on large scores: fp32 products
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(input_ids=random_ids(2, 8), labels=torch.ones(2, 6))
-    assert out.logits.dtype == out.loss.dtype == torch.float32
+        logits, grads = logits_and_grads()
+    assert logits.dtype == torch.float32
+    assert not torch.equal(logits, reference)  # the products did run in bf16
+    torch.testing.assert_close(logits, reference, atol=0.02, rtol=0.02)
+    torch.testing.assert_close(logits[2], head.label_bias.detach())  # the empty document: no NaN, only the bias
+    for name, grad in grads.items():
+        assert torch.isfinite(grad).all(), name
+        torch.testing.assert_close(grad, reference_grads[name], atol=0.02, rtol=0.05, msg=name)
 
 
 def test_pre_chunked_input_is_encoded_chunk_by_chunk():
