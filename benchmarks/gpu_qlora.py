@@ -4,12 +4,12 @@ MistralForSequenceClassification on the same 4-bit backbone with the same adapte
     python benchmarks/gpu_qlora.py --out /tmp/gpu-qlora.json            # on a GPU machine
     python benchmarks/gpu_qlora.py --tiny --steps 2 --out /tmp/tiny.json  # a CPU check of the script itself
 
-The weights are random (nothing is downloaded): the backbone is written once as a bf16 checkpoint, then each
-system loads it through `from_pretrained` with a 4-bit NF4 `BitsAndBytesConfig`, gets LoRA adapters on every
-attention and MLP projection (r 16) and trains its head fully, with gradient checkpointing. Reported per system:
-tokens per second, peak GPU memory, and achieved TFLOP/s against the card's dense bf16 peak, counting
-`4 N` FLOPs per token for the frozen 4-bit weights (forward and input gradients), the attention products, and,
-for PLANT, the eight `tokens x labels x key/value` products of its head.
+The weights are random (nothing is downloaded): the backbone is written once as a bf16 checkpoint, then each system
+loads it through `from_pretrained` with a 4-bit NF4 `BitsAndBytesConfig`, gets LoRA adapters on every attention and
+MLP projection (r 16) and trains its head fully, with gradient checkpointing, under bf16 autocast (as `--bf16`
+trains). Reported per system: tokens per second, peak GPU memory, and achieved TFLOP/s against the card's dense
+bf16 peak, counting `4 N` FLOPs per token for the frozen 4-bit weights (forward and input gradients), the attention
+products, and, for PLANT, the eight `tokens x labels x key/value` products of its head.
 """
 
 import argparse
@@ -95,7 +95,8 @@ def measure(system: str, backbone: Path, args, device: str) -> dict:
     targets = (torch.rand(args.batch, args.labels, device=device) < 0.002).float()
 
     def step() -> None:
-        loss = model(input_ids=input_ids, labels=targets).loss
+        with torch.autocast(device, dtype=torch.bfloat16):  # as `--bf16` trains: the head's products in bf16
+            loss = model(input_ids=input_ids, labels=targets).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
