@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -115,10 +116,16 @@ def test_lora_fine_tuning_lowers_the_loss_and_reloads_identically(workspace, tmp
     assert "lora" not in " ".join(load_file(str(run / "model" / "model.safetensors")))
 
 
-def test_planted_lora_run_on_an_encoder(workspace, tmp_path):
+def test_planted_lora_run_on_an_encoder_under_bf16_autocast(workspace, tmp_path):
     run = tmp_path / "run"
-    fit(*arguments(workspace, run, backbone_mode="lora", lora_r=4, training={"num_train_epochs": 1}))
-    assert json.loads((run / "model" / "plant_training.json").read_text())["planting"]["kind"] == "contextual"
+    report = fit(
+        *arguments(workspace, run, backbone_mode="lora", lora_r=4, training={"num_train_epochs": 1, "bf16": True})
+    )
+    info = json.loads((run / "model" / "plant_training.json").read_text())
+    assert info["planting"]["kind"] == "contextual"
+    assert info["finetuning"]["precision"] == "bf16 autocast"
+    assert "bf16 autocast" in (run / "model" / "README.md").read_text()
+    assert 0.0 <= report["P@1"] <= 1.0 and all(map(math.isfinite, logged_losses(run)))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes (extra `quant`)")

@@ -591,6 +591,7 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
             "planted attention lr": training.learning_rate * training.planted_lr_fraction,
             "backbone lr": training.backbone_learning_rate if args.backbone_mode != "frozen" else "frozen",
             "best checkpoint by": training.metric_for_best_model,
+            "precision": "bf16 autocast" if training.bf16 else "fp16 autocast" if training.fp16 else "fp32",
         },
         hyperparameters=_run_config(args, training),
     )
