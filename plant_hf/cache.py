@@ -24,13 +24,13 @@ STATES_FILE, TOKENS_FILE, OFFSETS_FILE, INFO_FILE = "states.npy", "token_ids.npy
 
 
 def backbone_fingerprint(model: PlantForMultiLabelClassification) -> str:
-    """A hash of the backbone's configuration and a checksum of each of its weights."""
+    """A hash of the backbone's configuration and of the bytes of each of its weights (exact: unlike a sum of the
+    values, it does not depend on the number of threads that computes it)."""
     digest = hashlib.sha256(json.dumps(model.config.text_config.to_dict(), sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, parameter in model.model.named_parameters():
-            values = parameter.detach().float()
-            digest.update(name.encode())
-            digest.update(np.array([values.sum().item(), values.square().sum().item()]).tobytes())
+            digest.update(f"{name}:{parameter.dtype}:{tuple(parameter.shape)}".encode())
+            digest.update(parameter.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
