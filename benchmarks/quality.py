@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from baselines import MeanPooledLinearHead
-from transformers import Trainer, TrainingArguments
 
 from plant_hf.cache import CachedDocumentCollator
+from plant_hf.hub import TRAINING_INFO_FILE
 from plant_hf.metrics import evaluate_predictions
-from plant_hf.training.evaluation import evaluate_prediction_file
+from plant_hf.training.evaluation import XMCComputeMetrics, evaluate_prediction_file, top_k_logits
 from plant_hf.training.recipe import PlantArguments, classifier, fit, predict_top_k, prepare_run
-from plant_hf.training.trainer import PlantTrainingArguments
+from plant_hf.training.trainer import PlantTrainingArguments, XMCTrainer, training_summary
 
 METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "macro_f1")
 BUCKET_METRICS = ("P@5", "PSP@5", "R@5")
@@ -43,27 +43,30 @@ BUCKET_METRICS = ("P@5", "PSP@5", "R@5")
 
 @dataclass(frozen=True)
 class Budget:
-    """What every trained system of one invocation shares: epochs, the heads' rank and the precision."""
+    """What every trained system of one invocation shares: an epoch cap (None: fit's default, training until the dev
+    metric stops improving), the heads' rank and the precision."""
 
-    epochs: float
+    epochs: float | None = None
     rank: int | None = None
     bf16: bool = False
 
     def folder(self, work: Path, name: str, head: bool = True) -> Path:
         """A run's folder; its name carries the settings that change results, so runs of other settings stay apart."""
         rank = f"-rank{self.rank}" if head and self.rank else ""
-        return work / f"{name}{rank}{'-bf16' if self.bf16 else ''}"
+        epochs = f"-epochs{self.epochs:g}" if self.epochs is not None else ""
+        return work / f"{name}{rank}{epochs}{'-bf16' if self.bf16 else ''}"
 
 
 def plant_arguments(data: str, planting: str, fraction: float, cache: Path, rank: int | None = None) -> PlantArguments:
-    return PlantArguments(data=data, planting=planting, backbone_mode="frozen", max_chunks=2, train_fraction=fraction,
-                          cache_dir=str(cache), label_attention_dim=rank, label_value_dim=rank)  # fmt: skip
+    """`plant-hf fit`'s defaults, but for the data, the planting, the share of the training split and the cache."""
+    return PlantArguments(data=data, planting=planting, train_fraction=fraction, cache_dir=str(cache),
+                          label_attention_dim=rank, label_value_dim=rank)  # fmt: skip
 
 
 def training_arguments(output: Path, seed: int, budget: Budget) -> PlantTrainingArguments:
-    return PlantTrainingArguments(output_dir=str(output), seed=seed, num_train_epochs=budget.epochs, bf16=budget.bf16,
-                                  use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
-                                  save_total_limit=1)  # fmt: skip
+    capped = {} if budget.epochs is None else {"num_train_epochs": budget.epochs}
+    return PlantTrainingArguments(output_dir=str(output), seed=seed, bf16=budget.bf16, **capped,
+                                  use_cpu=not torch.cuda.is_available(), disable_tqdm=True)  # fmt: skip
 
 
 def recorded(run: Callable[[], dict], output: Path) -> dict:
@@ -82,7 +85,13 @@ def recorded(run: Callable[[], dict], output: Path) -> dict:
 def run_head(data: str, planting: str, seed: int, fraction: float, work: Path, budget: Budget) -> dict:
     output = budget.folder(work, f"{planting}-seed{seed}-frac{fraction:g}")
     settings = plant_arguments(data, planting, fraction, work / "cache", budget.rank)
-    return recorded(lambda: fit(settings, training_arguments(output, seed, budget)), output)
+
+    def run() -> dict:
+        report = fit(settings, training_arguments(output, seed, budget))
+        lengths = json.loads((output / "model" / TRAINING_INFO_FILE).read_text())["stages"]
+        return {**report, "epochs": {stage: length["epochs"] for stage, length in lengths.items()}}
+
+    return recorded(run, output)
 
 
 def run_linear(data: str, seed: int, work: Path, budget: Budget) -> dict:
@@ -92,33 +101,29 @@ def run_linear(data: str, seed: int, work: Path, budget: Budget) -> dict:
 
 
 def train_linear(data: str, seed: int, output: Path, cache: Path, budget: Budget) -> dict:
-    context = prepare_run(plant_arguments(data, "none", 1.0, cache), training_arguments(output, seed, budget))
+    """The same Trainer, schedule, dev-set early stopping and best-checkpoint selection as the PLANT heads."""
+    training = training_arguments(output / "checkpoints", seed, budget)
+    context = prepare_run(plant_arguments(data, "none", 1.0, cache), training)
     encoder = classifier(context)
-    documents = {split: context.cached(split, encoder) for split in ("train", "test")}
+    documents = {split: context.cached(split, encoder) for split in ("train", "dev", "test")}
     torch.manual_seed(seed)
     head = MeanPooledLinearHead(encoder.config.text_config.hidden_size, len(context.vocabulary))
-    Trainer(
+    trainer = XMCTrainer(
         model=head,
-        args=TrainingArguments(
-            output_dir=str(output / "checkpoints"),
-            num_train_epochs=budget.epochs,
-            bf16=budget.bf16,
-            learning_rate=2e-3,
-            per_device_train_batch_size=16,
-            warmup_steps=0.05,
-            seed=seed,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=not torch.cuda.is_available(),
-            disable_tqdm=True,
-            remove_unused_columns=False,
-        ),
+        args=training,
         train_dataset=documents["train"],
+        eval_dataset=documents["dev"],
         data_collator=CachedDocumentCollator(num_labels=len(context.vocabulary)),
-    ).train()
+        compute_metrics=XMCComputeMetrics.for_split(context.vocabulary, context.splits["dev"]["labels"],
+                                                    by_frequency=False),
+        preprocess_logits_for_metrics=top_k_logits(100),
+        callbacks=training.stopping_callbacks(),
+    )  # fmt: skip
+    trainer.train()
     predictions = predict_top_k(head.eval(), documents["test"], CachedDocumentCollator(), 100)
     truth, _ = context.vocabulary.evaluation_targets(context.splits["test"]["labels"])
-    return evaluate_predictions(truth, predictions, context.vocabulary.counts, context.vocabulary.num_documents)
+    report = evaluate_predictions(truth, predictions, context.vocabulary.counts, context.vocabulary.num_documents)
+    return {**report, "epochs": {"fine-tuning": training_summary(trainer)["epochs"]}}
 
 
 def run_xr_linear(data: str, work: Path) -> dict:
@@ -141,6 +146,8 @@ def summarise(reports: list[dict]) -> dict:
 
     summary = {metric: spread([report[metric] for report in reports]) for metric in METRICS}
     summary["seconds"] = spread([report["seconds"] for report in reports])
+    stages = {stage for report in reports for stage in report.get("epochs", {})}
+    summary["epochs"] = {stage: spread([report["epochs"][stage] for report in reports]) for stage in sorted(stages)}
     summary["by_frequency"] = {
         bucket: {metric: spread([report["by_frequency"][bucket].get(metric) or 0.0 for report in reports])
                  for metric in BUCKET_METRICS}
@@ -182,10 +189,15 @@ def markdown(results: dict) -> str:
     def cell(entry: dict) -> str:
         return f"{100 * entry['mean']:.2f} ± {100 * entry['std']:.2f}"
 
-    lines = ["| system | " + " | ".join(METRICS) + " | minutes |", "|---" * (len(METRICS) + 2) + "|"]
+    def epochs(summary: dict) -> str:
+        stages = summary.get("epochs", {})
+        return " + ".join(f"{stages[stage]['mean']:.1f}" for stage in ("ranker", "fine-tuning") if stage in stages)
+
+    lines = ["| system | " + " | ".join(METRICS) + " | epochs | minutes |", "|---" * (len(METRICS) + 3) + "|"]
     for system, summary in results["systems"].items():
         minutes = f"{summary['seconds']['mean'] / 60:.1f}"
-        lines.append(f"| {system} | " + " | ".join(cell(summary[m]) for m in METRICS) + f" | {minutes} |")
+        row = " | ".join(cell(summary[m]) for m in METRICS)
+        lines.append(f"| {system} | {row} | {epochs(summary) or '-'} | {minutes} |")
     buckets = list(next(iter(results["systems"].values()))["by_frequency"])
     lines += ["", "| system | " + " | ".join(buckets) + " |", "|---" * (len(buckets) + 1) + "|"]
     for system, summary in results["systems"].items():
@@ -207,7 +219,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/us_bills_110_crs_summary")
     parser.add_argument("--work", default="/tmp/plant-quality")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--epochs", type=float, help="cap the epochs of every head (default: fit's, early stopping)")
     parser.add_argument("--fractions", type=float, nargs="*", default=[], help="shares of the training split")
     parser.add_argument("--rank", type=int, help="label_attention_dim and label_value_dim of the heads (low rank)")
     parser.add_argument(

@@ -38,6 +38,8 @@ class TrainingInfo:
     planting: dict[str, Any] = field(default_factory=dict)
     finetuning: dict[str, Any] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    # Per training stage (ranker, fine-tuning): epochs run, best epoch, why it stopped, dev metric by epoch.
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> None:
         (Path(folder) / TRAINING_INFO_FILE).write_text(json.dumps(asdict(self), indent=1, default=str))
@@ -114,7 +116,21 @@ def render_model_card(info: TrainingInfo, report: dict[str, Any], model_id: str 
         eval_documents=report.get("documents"),
         results=[(display, _percent(report.get(name))) for name, display in CARD_METRICS],
         buckets=buckets,
+        stages=[_stage_row(name, length) for name, length in info.stages.items()],
     )
+
+
+def _stage_row(name: str, length: dict[str, Any]) -> dict[str, Any]:
+    """A training stage's length as the card's table shows it: the dev metric by epoch in percent."""
+    curve = next((key for key in length if key.endswith("_by_epoch")), None)
+    metric = curve[len("dev_") : -len("_by_epoch")] if curve else ""
+    return {
+        "name": name,
+        "epochs": length.get("epochs"),
+        "best_epoch": length.get("best_epoch"),
+        "stopped": length.get("stopped", ""),
+        "curve": f"{metric}: " + ", ".join(f"{100 * value:.2f}" for value in length[curve]) if curve else "-",
+    }
 
 
 def write_model_card(folder: str | Path, report: dict[str, Any] | None = None, model_id: str | None = None) -> Path:

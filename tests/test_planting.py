@@ -18,7 +18,7 @@ from plant_hf.planting.ranking import approx_ndcg_loss, ndcg_at_k
 from plant_hf.planting.transplant import load_ranker, plant
 from plant_hf.training.pretrain import MigArguments, PretrainArguments, run_mig, run_pretrain
 
-from conftest import save_backbone, synthetic_corpus_words, word_tokenizer
+from conftest import save_backbone, synthetic_corpus_words, tiny_model, word_tokenizer
 
 
 def mi_from_table(n11, n10, n01, n00):
@@ -155,12 +155,13 @@ def contextual_ranker(workspace):
 def test_contextual_ranker_ndcg_rises_and_beats_random_init(contextual_ranker):
     metrics = load_ranker(contextual_ranker).config.metrics["contextual"]
     curve = [entry["eval_ndcg"] for entry in metrics["history"] if "eval_ndcg" in entry]
-    assert len(curve) == 6 and curve[-1] > curve[0]
+    assert len(curve) == metrics["epochs"] <= 6 and max(curve) > curve[0]
+    assert metrics["trained"] == pytest.approx(max(curve), abs=1e-6)  # the best epoch is the one planted
     assert metrics["trained"] > metrics["random_init"] + 0.2
 
 
 def test_static_ranker_learns_from_the_mig_table_alone(workspace):
-    folder = pretrain(workspace, "static-ranker", ranker="static", training={"epochs": 30})
+    folder = pretrain(workspace, "static-ranker", ranker="static", training={"static_epochs": 30})
     ranker = load_ranker(folder)
     assert set(ranker.state) == {"prior_token_factors", "prior_token_bias", "prior_label_factors"}
     metrics = ranker.config.metrics["static"]
@@ -332,3 +333,21 @@ def test_cli_mig_and_pretrain_chain(workspace, tmp_path):
     config = json.loads((tmp_path / "ranker" / "ranker_config.json").read_text())
     assert config["kind"] == "contextual" and config["metrics"]["held_out"] == "dev split"
     assert "--mig" in cli("pretrain", "--help")
+
+
+def test_the_state_cache_key_is_the_same_whatever_the_thread_count():
+    from plant_hf.cache import backbone_fingerprint
+
+    model = tiny_model("llama")
+    threads = torch.get_num_threads()
+    try:
+        keys = set()
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            keys.add(backbone_fingerprint(model))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(keys) == 1
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[3, 5] += 1e-3
+    assert backbone_fingerprint(model) not in keys

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
 from .mig import MIGTable
 
@@ -17,20 +17,43 @@ from .mig import MIGTable
 class RankerTrainingArguments:
     """How a ranker is trained."""
 
-    epochs: float = field(default=2.0, metadata={"help": "Passes over the training documents (or label lists)."})
+    epochs: float = field(
+        default=30.0,
+        metadata={
+            "help": "Ceiling of the passes over the training documents: training stops before it once the held-out "
+            "nDCG stops improving (see patience). The static ranker runs this many passes over the label lists."
+        },
+    )
+    patience: int | None = field(
+        default=2,
+        metadata={
+            "help": "Stop once the held-out nDCG has not improved (by more than improvement_threshold) for this many "
+            "epochs; the best epoch is kept. None: train to the ceiling."
+        },
+    )
+    improvement_threshold: float = field(
+        default=2e-3, metadata={"help": "The least gain of held-out nDCG that counts as an improvement."}
+    )
     batch_size: int = field(default=16, metadata={"help": "Documents (or labels, for the static ranker) per step."})
     learning_rate: float = field(
-        default=1e-2, metadata={"help": "Peak learning rate of the attention (linear warm-up and decay)."}
+        default=1e-2, metadata={"help": "Learning rate of the attention (constant after a linear warm-up)."}
     )
     backbone_learning_rate: float = field(
         default=2e-4, metadata={"help": "Peak learning rate of the backbone's LoRA adapter, when it is trained."}
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the steps spent warming up."})
+    warmup_steps: int = field(default=50, metadata={"help": "Optimizer steps of linear warm-up."})
     temperature: float = field(default=1.0, metadata={"help": "ApproxNDCG temperature of the rank approximation."})
     max_labels: int = field(default=32, metadata={"help": "Labels of a document ranked per step (random subset)."})
     max_relevant: int = field(default=64, metadata={"help": "Best-graded tokens whose ranks are approximated."})
     negatives: int = field(default=256, metadata={"help": "Static ranker: frequent tokens added to each list."})
+    static_epochs: float = field(
+        default=2.0,
+        metadata={
+            "help": "Static ranker: passes over the label lists (it fits the MIG table itself: nothing is held out "
+            "to stop on)."
+        },
+    )
     static_min_steps: int = field(default=300, metadata={"help": "Static ranker: optimizer steps at the least."})
     ndcg_k: int = field(default=10, metadata={"help": "Cut-off of the reported nDCG@k."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
@@ -53,22 +76,31 @@ def trainer_for_ranker(
 ) -> Trainer:
     """A Trainer that optimises a ranker's ApproxNDCG loss and reports exact nDCG@k on `eval_dataset` each epoch.
 
-    With `min_steps` the training lasts at least that many optimizer steps (a pass over a few label lists is
-    no training at all).
+    With an `eval_dataset` it trains until that nDCG stops improving (`args.patience`, at most `args.epochs`) and
+    ends on the best epoch; without one (the static ranker) it runs `args.static_epochs`, and with `min_steps` at
+    least that many optimizer steps (a pass over a few label lists is no training at all).
     """
-    steps = math.ceil(args.epochs * len(train_dataset) / args.batch_size)
+    evaluated = eval_dataset is not None
+    epochs = args.epochs if evaluated else args.static_epochs
+    steps = math.ceil(epochs * len(train_dataset) / args.batch_size)
     training = TrainingArguments(
         output_dir=str(output_dir),
-        num_train_epochs=args.epochs,
+        num_train_epochs=epochs,
         max_steps=max(steps, min_steps) if min_steps else -1,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_ratio,
-        lr_scheduler_type="linear",
-        eval_strategy="epoch" if eval_dataset is not None else "no",
-        save_strategy="no",
+        warmup_steps=args.warmup_steps,
+        lr_scheduler_type="constant_with_warmup",
+        train_sampling_strategy="group_by_length" if evaluated else "random",
+        eval_strategy="epoch" if evaluated else "no",
+        save_strategy="epoch" if evaluated else "no",
+        save_total_limit=1,
+        load_best_model_at_end=evaluated,
+        metric_for_best_model="ndcg" if evaluated else None,
+        greater_is_better=True,
+        restore_callback_states_from_checkpoint=True,
         logging_strategy="epoch",
         report_to=[],
         seed=args.seed,
@@ -84,13 +116,18 @@ def trainer_for_ranker(
         data_collator=collator,
         compute_metrics=_ndcg_metrics,
         optimizers=(_optimizer(ranker, args), None),
+        callbacks=[EarlyStoppingCallback(args.patience, args.improvement_threshold)]
+        if evaluated and args.patience is not None
+        else None,
     )
 
 
 def _optimizer(ranker: torch.nn.Module, args: RankerTrainingArguments) -> torch.optim.Optimizer:
     """AdamW with the attention at `learning_rate` and the backbone's trainable (LoRA) weights at their own rate."""
-    attention = [p for name, p in ranker.named_parameters() if p.requires_grad and name.startswith("attention.")]
-    backbone = [p for name, p in ranker.named_parameters() if p.requires_grad and not name.startswith("attention.")]
+    own = {id(parameter) for parameter in ranker.attention.parameters()}
+    trainable = [parameter for parameter in ranker.parameters() if parameter.requires_grad]
+    attention = [parameter for parameter in trainable if id(parameter) in own]
+    backbone = [parameter for parameter in trainable if id(parameter) not in own]
     groups = [{"params": attention, "lr": args.learning_rate}]
     if backbone:
         groups.append({"params": backbone, "lr": args.backbone_learning_rate})

@@ -114,12 +114,19 @@ class DocumentRanker(nn.Module):
         ndcg_k: int = 10,
     ):
         super().__init__()
-        self.attention = attention
+        if encoder is not None and encoder.label_attention is not attention:
+            raise ValueError("With an encoder, the ranked attention must be the encoder's own label_attention.")
+        # Registered once (through the encoder when there is one), so that checkpoints hold each weight once.
         self.encoder = encoder
+        self.label_attention = attention if encoder is None else None
         self.contextual = contextual
         self.temperature = temperature
         self.max_relevant = max_relevant
         self.ndcg_k = ndcg_k
+
+    @property
+    def attention(self) -> PlantLabelAttention:
+        return self.encoder.label_attention if self.encoder is not None else self.label_attention
 
     def forward(
         self,

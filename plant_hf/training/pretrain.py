@@ -1,5 +1,6 @@
 """The planting stages of the recipe: the MIG table of a training split, then a ranker pretrained on it."""
 
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from ..planting.pretraining import (
 )
 from ..planting.ranking import DocumentRanker, RankerCollator, StaticListCollator, StaticRanker
 from ..planting.transplant import RankerConfig, save_ranker
+from .trainer import last_complete_checkpoint, training_summary
 
 # Share of the training split held out to evaluate the ranker when the corpus has no dev split.
 HELD_OUT_SHARE = 0.05
@@ -159,6 +161,7 @@ class RankerSetup:
     cache_dir: str | None = None
     encode_batch_size: int = 16
     held_out: str = "dev split"
+    resume: bool = False
 
 
 def ranking_model(
@@ -227,6 +230,7 @@ def pretrain_ranker(
     )
     if save:
         save_ranker(output, model.label_attention, config, peft_backbone=peft_backbone)
+        shutil.rmtree(output / "checkpoints", ignore_errors=True)  # the ranker folder now holds the best epoch
         _print_summary(metrics, output)
     return output
 
@@ -284,12 +288,15 @@ def _pretrain_contextual(model, mig, tokenized, tokenizer, setup, training, outp
             max_relevant=training.max_relevant,
         )
     before = evaluate_ranker(ranker, documents["held-out"], collator)["ndcg"]
+    checkpoints = output / "checkpoints"
     trainer = trainer_for_ranker(
-        ranker, documents["train"], collator, training, output / "checkpoints", eval_dataset=documents["held-out"]
+        ranker, documents["train"], collator, training, checkpoints, eval_dataset=documents["held-out"]
     )
-    trainer.train()
+    trainer.train(
+        resume_from_checkpoint=last_complete_checkpoint(checkpoints, remove_incomplete=True) if setup.resume else None
+    )
     after = evaluate_ranker(ranker, documents["held-out"], collator)["ndcg"]
-    return {"random_init": before, "trained": after, "history": history(trainer)}
+    return {"random_init": before, "trained": after, **training_summary(trainer), "history": history(trainer)}
 
 
 def _pad_id(model: PlantForMultiLabelClassification) -> int:

@@ -10,7 +10,6 @@ The command line (`plant-hf fit`), `training_scripts/train_plant.py` (also under
 import dataclasses
 import importlib.util
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, set_seed
+from transformers.utils import logging
 
 from ..cache import CachedDocumentCollator, CachedDocuments, TokenStateCache
 from ..data import LabelVocabulary, PlantDataCollator, load_corpus, tokenize_split, write_predictions
@@ -32,10 +32,21 @@ from ..planting.pretraining import RankerTrainingArguments
 from ..planting.transplant import load_ranker, plant
 from .evaluation import XMCComputeMetrics, format_metrics_table, plot_frequency_buckets, top_k_logits, write_report
 from .pretrain import RankerSetup, pretrain_ranker, ranking_model
-from .trainer import GradualUnfreezing, PlantTrainer, PlantTrainingArguments, parse_unfreeze_schedule
+from .trainer import (
+    GradualUnfreezing,
+    PlantTrainer,
+    PlantTrainingArguments,
+    last_complete_checkpoint,
+    parse_unfreeze_schedule,
+    training_summary,
+)
+
+logger = logging.get_logger(__name__)
 
 SYNTHETIC_DATA = "synthetic"
 HELD_OUT_SHARE = 0.05
+# How long fine-tuning trained and why it stopped, written before the final model.
+FINETUNING_SUMMARY = "finetuning_summary.json"
 # Fields that do not change what a run computes: they may differ when a run is continued.
 _VOLATILE = {
     "resume",
@@ -113,7 +124,10 @@ class PlantArguments:
     )
     mig_top_k: int = field(default=256, metadata={"help": "MIG tokens kept per label."})
     mig_grades: int = field(default=8, metadata={"help": "MIG relevance grades."})
-    ranker_epochs: float = field(default=2.0, metadata={"help": "Ranker pretraining epochs."})
+    ranker_epochs: float = field(
+        default=30.0,
+        metadata={"help": "Ceiling of the ranker's epochs: it stops before once its dev nDCG stops improving."},
+    )
     ranker_learning_rate: float = field(default=1e-2, metadata={"help": "Ranker learning rate."})
     ranker_batch_size: int = field(default=16, metadata={"help": "Ranker batch size."})
     ranker_max_labels: int = field(default=32, metadata={"help": "Labels per document ranked per ranker step."})
@@ -138,7 +152,9 @@ class PlantArguments:
         default=None, metadata={"help": "Where frozen-backbone states are cached (default: <output_dir>/cache)."}
     )
     encode_batch_size: int = field(default=16, metadata={"help": "Documents per batch when encoding."})
-    resume: bool = field(default=False, metadata={"help": "Continue an interrupted fine-tuning from its checkpoint."})
+    resume: bool = field(
+        default=False, metadata={"help": "Continue an interrupted ranker or fine-tuning from its last checkpoint."}
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the backbone's own code."})
 
     def __post_init__(self):
@@ -199,6 +215,8 @@ def fit(args: PlantArguments, training: PlantTrainingArguments) -> dict[str, Any
     card_stage(context, model_folder, report)
     if context.is_main:
         print(format_metrics_table(report))
+        for stage, length in _stage_lengths(context).items():
+            print(f"{stage}: {length['epochs']:g} epochs (best: epoch {length['best_epoch']}); {length['stopped']}")
         print(f"model -> {model_folder}")
     return report
 
@@ -344,6 +362,7 @@ def ranker_stage(context: RunContext, mig: MIGTable | None) -> Path | None:
         cache_dir=str(args.cache_dir or context.folder / "cache"),
         encode_batch_size=args.encode_batch_size,
         held_out=context.notes.get("dev", "dev split"),
+        resume=args.resume,
     )
     ranker_training = RankerTrainingArguments(
         epochs=args.ranker_epochs,
@@ -425,30 +444,14 @@ def finetune_stage(context: RunContext, ranker: Path | None) -> Path:
             context.vocabulary, context.splits["dev"]["labels"], threshold=args.threshold, by_frequency=False
         ),
         preprocess_logits_for_metrics=top_k_logits(args.eval_top_k),
-        callbacks=[GradualUnfreezing(schedule)] if schedule else None,
+        callbacks=[*training.stopping_callbacks(), *([GradualUnfreezing(schedule)] if schedule else [])],
     )
     trainer.train(resume_from_checkpoint=last if args.resume and last else None)
     if context.is_main:
+        write_report(training_summary(trainer), context.folder / FINETUNING_SUMMARY)
         _save_final_model(context, trainer.model, model_folder)
     _wait_for_everyone()
     return model_folder
-
-
-def last_complete_checkpoint(folder: Path, remove_incomplete: bool = False) -> str | None:
-    """The newest checkpoint that was written to the end (a run killed while saving leaves a partial one, which
-    is removed when `remove_incomplete`)."""
-    if not folder.is_dir():
-        return None
-    candidates = sorted(folder.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]), reverse=True)
-    for candidate in candidates:
-        try:
-            json.loads((candidate / "trainer_state.json").read_text())
-            return str(candidate)
-        except (FileNotFoundError, json.JSONDecodeError):
-            if remove_incomplete:
-                print(f"removing {candidate.name}: it was being written when the run stopped")
-                shutil.rmtree(candidate)
-    return None
 
 
 def _prepare_finetuning(context: RunContext, model: PlantForMultiLabelClassification):
@@ -586,7 +589,7 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
         planting=planting,
         finetuning={
             "mode": args.backbone_mode,
-            "epochs": training.num_train_epochs,
+            "epoch ceiling": training.num_train_epochs,
             "head lr": training.learning_rate,
             "planted attention lr": training.learning_rate * training.planted_lr_fraction,
             "backbone lr": training.backbone_learning_rate if args.backbone_mode != "frozen" else "frozen",
@@ -594,10 +597,24 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
             "precision": "bf16 autocast" if training.bf16 else "fp16 autocast" if training.fp16 else "fp32",
         },
         hyperparameters=_run_config(args, training),
+        stages=_stage_lengths(context),
     )
     info.save(model_folder)
     (model_folder / EVAL_REPORT_FILE).write_text(json.dumps(report, indent=1, default=float))
     write_model_card(model_folder, report)
+
+
+def _stage_lengths(context: RunContext) -> dict[str, dict[str, Any]]:
+    """How many epochs the ranker and the fine-tuning ran and why each stopped (runs of older versions: unknown)."""
+    stages = {}
+    ranker = context.folder / "ranker"
+    if context.args.planting in ("contextual", "both") and ranker.exists():
+        contextual = load_ranker(ranker).config.metrics.get("contextual", {})
+        stages["ranker"] = {key: value for key, value in contextual.items() if key not in ("history",)}
+    summary = context.folder / FINETUNING_SUMMARY
+    if summary.exists():
+        stages["fine-tuning"] = json.loads(summary.read_text())
+    return stages
 
 
 def _wait_for_everyone() -> None:

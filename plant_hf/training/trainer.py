@@ -1,11 +1,21 @@
 """Trainer glue for fine-tuning PLANT: training arguments with the recipe's defaults, discriminative learning
-rates for the head, the planted attention and the backbone, and gradual unfreezing."""
+rates for the head, the planted attention and the backbone, gradual unfreezing, and training until the dev metric
+stops improving."""
 
+import json
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from torch.utils.data import SequentialSampler
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import has_length
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 # The three parts of a PLANT classifier that the recipe trains at their own rates and unfreezes in turn.
 PARAMETER_GROUPS = ("head", "attention", "backbone")
@@ -59,10 +69,37 @@ class PlantTrainingArguments(TrainingArguments):
             " (the head trains from the start; unlisted groups too)."
         },
     )
-    num_train_epochs: float = field(default=5.0, metadata={"help": "Fine-tuning epochs."})
+    num_train_epochs: float = field(
+        default=100.0,
+        metadata={
+            "help": "Ceiling of the fine-tuning epochs: training stops before it once the dev metric stops improving "
+            "(see early_stopping_patience); lower it to cap the budget."
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=3,
+        metadata={
+            "help": "Stop once metric_for_best_model has not improved (by more than early_stopping_threshold) for "
+            "this many evaluations; the best checkpoint is kept. None: train to num_train_epochs."
+        },
+    )
+    early_stopping_threshold: float = field(
+        default=1e-3, metadata={"help": "The least improvement of metric_for_best_model that counts as one."}
+    )
+    lr_scheduler_type: str = field(
+        default="constant_with_warmup",
+        metadata={"help": "Learning-rate schedule; the default suits a training length decided by early stopping."},
+    )
+    warmup_steps: float = field(default=50, metadata={"help": "Warm-up steps, or a share of all steps if < 1."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Documents per device and step."})
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "How training batches are drawn; grouping documents of similar length (the default) keeps the "
+            "padding, which the head would score against every label, small."
+        },
+    )
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Documents per device in evaluation."})
-    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps, or a share of all steps if < 1."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on the dev split."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to write a resumable checkpoint."})
     logging_steps: float = field(default=50, metadata={"help": "Log the training loss every this many steps."})
@@ -73,6 +110,15 @@ class PlantTrainingArguments(TrainingArguments):
     dataloader_pin_memory: bool = field(
         default=torch.cuda.is_available(), metadata={"help": "Pin batches in memory (default: when CUDA is there)."}
     )
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True, metadata={"help": "On resume, restore callbacks' states (the early-stopping count)."}
+    )
+
+    def stopping_callbacks(self) -> list[TrainerCallback]:
+        """The early-stopping callback these arguments ask for (none without a patience or without evaluation)."""
+        if self.early_stopping_patience is None or self.eval_strategy == "no":
+            return []
+        return [EarlyStoppingCallback(self.early_stopping_patience, self.early_stopping_threshold)]
 
     def group_learning_rates(self) -> dict[str, float]:
         return {
@@ -82,7 +128,18 @@ class PlantTrainingArguments(TrainingArguments):
         }
 
 
-class PlantTrainer(Trainer):
+class XMCTrainer(Trainer):
+    """A Trainer whose evaluation reads the split in its own order, whatever the training sampler: `XMCComputeMetrics`
+    matches predictions to the split's documents by position (with `train_sampling_strategy="group_by_length"`,
+    Trainer would otherwise evaluate in length-grouped order as well)."""
+
+    def _get_eval_sampler(self, eval_dataset):
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+
+class PlantTrainer(XMCTrainer):
     """A Trainer whose optimizer gives the head, the planted attention and the backbone their own learning rates."""
 
     def create_optimizer(self, model: nn.Module | None = None):
@@ -103,6 +160,53 @@ class PlantTrainer(Trainer):
                 **optimizer_kwargs,
             )
         return self.optimizer
+
+
+def last_complete_checkpoint(folder: Path, remove_incomplete: bool = False) -> str | None:
+    """The newest checkpoint that was written to the end (a run killed while saving leaves a partial one, which
+    is removed when `remove_incomplete`)."""
+    if not folder.is_dir():
+        return None
+    candidates = sorted(folder.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]), reverse=True)
+    for candidate in candidates:
+        try:
+            json.loads((candidate / "trainer_state.json").read_text())
+            return str(candidate)
+        except (FileNotFoundError, json.JSONDecodeError):
+            if remove_incomplete:
+                logger.warning(f"removing {candidate.name}: it was being written when the run stopped")
+                shutil.rmtree(candidate)
+    return None
+
+
+def training_summary(trainer: Trainer, metric: str | None = None) -> dict[str, Any]:
+    """How long a finished Trainer run trained and why it stopped, with the dev metric of each evaluation.
+
+    `metric` defaults to the arguments' `metric_for_best_model`.
+    """
+    args, state = trainer.args, trainer.state
+    metric = metric or args.metric_for_best_model
+    key = metric if metric.startswith("eval_") else f"eval_{metric}"
+    evaluations = [entry for entry in state.log_history if key in entry]
+    best = next((entry for entry in evaluations if entry.get("step") == state.best_global_step), None)
+    stopper = next((c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)), None)
+    if stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience:
+        threshold = f" by more than {stopper.early_stopping_threshold:g}" if stopper.early_stopping_threshold else ""
+        reason = (
+            f"early stopping: dev {metric} did not improve{threshold} for {stopper.early_stopping_patience} evaluations"
+        )
+    elif args.max_steps > 0:
+        reason = f"step budget reached (max_steps {args.max_steps})"
+    else:
+        reason = f"epoch ceiling reached (num_train_epochs {args.num_train_epochs:g})"
+    return {
+        "epochs": round(float(state.epoch or 0.0), 2),
+        "steps": state.global_step,
+        "stopped": reason,
+        "best_epoch": None if best is None else round(float(best["epoch"]), 2),
+        f"best_dev_{metric}": None if best is None else best[key],
+        f"dev_{metric}_by_epoch": [round(float(entry[key]), 6) for entry in evaluations],
+    }
 
 
 class GradualUnfreezing(TrainerCallback):
@@ -140,6 +244,9 @@ __all__ = [
     "GradualUnfreezing",
     "PlantTrainer",
     "PlantTrainingArguments",
+    "XMCTrainer",
+    "last_complete_checkpoint",
     "parameter_group",
     "parse_unfreeze_schedule",
+    "training_summary",
 ]
