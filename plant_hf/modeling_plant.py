@@ -380,6 +380,35 @@ class PlantLabelAttention(nn.Module):
             scores = torch.einsum("btd,bmd->bmt", keys, queries) + salience.unsqueeze(1)
             return scores.masked_fill((label_ids < 0).unsqueeze(-1), float("-inf"))
 
+    def document_label_weights(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        label_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The attention weights of each document's own labels over its tokens, `(batch, labels per document,
+        tokens)`: the softmax the logits use, inattention included; padding labels get zero weight."""
+        scores = self.document_label_scores(hidden_states, attention_mask, label_ids, input_ids)
+        if self.inattention_k is not None and self.inattention_k < scores.shape[-1]:
+            kth = scores.topk(self.inattention_k, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
+
+    def label_contexts(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        label_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """What each document's own labels read, `(batch, labels per document, value size)`: the attention-weighted
+        value states, so that a label's logit is its context `. label_weights[l] + label_bias[l]`."""
+        with torch.autocast(attention_mask.device.type, enabled=False):
+            hidden_states = hidden_states.float()
+            weights = self.document_label_weights(hidden_states, attention_mask, label_ids, input_ids)
+            return weights @ self.value(hidden_states)
+
     def init_state(self, batch_size: int, device: torch.device, keep_scores: bool = False) -> LabelAttentionState:
         blocks = []
         for labels in self.label_blocks():
@@ -631,13 +660,9 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         """
         chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
         states = self._flat_states(chunks)
-        scores = self.label_attention.document_label_scores(
+        weights = self.label_attention.document_label_weights(
             states.hidden_states, states.attention_mask, label_ids, states.input_ids
         )
-        if self.config.inattention_k is not None and self.config.inattention_k < scores.shape[-1]:
-            kth = scores.topk(self.config.inattention_k, dim=-1).values[..., -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        weights = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
         return chunks.to_input_layout(weights)
 
     @can_return_tuple

@@ -99,6 +99,7 @@ def test_lora_fine_tuning_lowers_the_loss_and_reloads_identically(workspace, tmp
         family=family,
         backbone_mode="lora",
         planting="none",
+        label_init="random",  # a head that starts from nothing: its loss must fall
         lora_r=4,
         training={"logging_steps": 4, "learning_rate": 1e-2, "backbone_learning_rate": 1e-2},
     )
@@ -292,6 +293,8 @@ def test_killed_run_resumes_to_the_same_weights(workspace, tmp_path):
         "--eval_steps",
         "4",
         "--save_total_limit",
+        "100",
+        "--early_stopping_patience",  # twelve steps must run before the kill
         "100",
     ]
     uninterrupted = tmp_path / "whole"

@@ -29,6 +29,7 @@ from ..metrics import TopKPredictions, evaluate_predictions
 from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting import MIGTable, build_mig_table, tokenizer_fingerprint
 from ..planting.pretraining import RankerTrainingArguments
+from ..planting.prototypes import initialize_label_bias, initialize_label_weights, label_prototypes
 from ..planting.transplant import load_ranker, plant
 from .evaluation import XMCComputeMetrics, format_metrics_table, plot_frequency_buckets, top_k_logits, write_report
 from .pretrain import RankerSetup, pretrain_ranker, ranking_model
@@ -132,6 +133,15 @@ class PlantArguments:
     ranker_batch_size: int = field(default=16, metadata={"help": "Ranker batch size."})
     ranker_max_labels: int = field(default=32, metadata={"help": "Labels per document ranked per ranker step."})
     prior_rank: int = field(default=64, metadata={"help": "Rank of the static prior (planting static/both)."})
+    label_init: Literal["prototype", "prior", "random"] = field(
+        default="prototype",
+        metadata={
+            "help": "How the label weights and biases start fine-tuning: prototype: the class-mean classifier of the "
+            "contexts the (planted) attention reads in each label's training documents, so that a label seen once "
+            "starts as a nearest-prototype classifier; prior: random weights, biases at each label's prior log-odds; "
+            "random: random weights, zero biases."
+        },
+    )
     label_attention_dim: int | None = field(default=None, metadata={"help": "Key space size (default: hidden)."})
     label_value_dim: int | None = field(
         default=None, metadata={"help": "Rank of the label weights (default: hidden); lower is cheaper at many labels."}
@@ -432,6 +442,7 @@ def finetune_stage(context: RunContext, ranker: Path | None) -> Path:
     model = classifier(context, quantize=args.backbone_mode == "qlora")
     if ranker is not None:
         print(f"planted: {', '.join(plant(model, load_ranker(ranker), tokenizer=context.tokenizer))}")
+    _initialize_labels(context, model)
     model, train_data, eval_data, collator = _prepare_finetuning(context, model)
     schedule = parse_unfreeze_schedule(training.unfreeze_schedule)
     trainer = PlantTrainer(
@@ -452,6 +463,26 @@ def finetune_stage(context: RunContext, ranker: Path | None) -> Path:
         _save_final_model(context, trainer.model, model_folder)
     _wait_for_everyone()
     return model_folder
+
+
+def _initialize_labels(context: RunContext, model: PlantForMultiLabelClassification) -> None:
+    """Start the label weights and biases as `--label_init` says, from the training split only."""
+    vocabulary, attention = context.vocabulary, model.label_attention
+    if context.args.label_init == "prior":
+        initialize_label_bias(attention, vocabulary.counts, vocabulary.num_documents)
+    elif context.args.label_init == "prototype":
+        if context.args.backbone_mode == "frozen":
+            documents, collator = context.cached("train", model), CachedDocumentCollator()
+        else:
+            documents = context.tokenized("train").select_columns(["input_ids", "label_ids"])
+            collator = PlantDataCollator(num_labels=0, pad_token_id=_pad_id(model))
+            for module in model.modules():
+                # bitsandbytes repacks 4-bit weights in place for CPU inference, a layout its training pass then
+                # cannot read: the backbone must stay in the training layout.
+                if hasattr(module, "support_avx512bf16_for_cpu"):
+                    module.support_avx512bf16_for_cpu = False
+        prototypes = label_prototypes(model, documents, collator, seed=context.training.seed, progress=context.is_main)
+        initialize_label_weights(attention, prototypes, vocabulary.counts, vocabulary.num_documents)
 
 
 def _prepare_finetuning(context: RunContext, model: PlantForMultiLabelClassification):
@@ -589,6 +620,7 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
         planting=planting,
         finetuning={
             "mode": args.backbone_mode,
+            "label init": args.label_init,
             "epoch ceiling": training.num_train_epochs,
             "head lr": training.learning_rate,
             "planted attention lr": training.learning_rate * training.planted_lr_fraction,

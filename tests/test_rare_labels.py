@@ -1,0 +1,75 @@
+"""Rare-label mechanisms, each checked by hand on a tiny model."""
+
+import math
+
+import torch
+
+from plant_hf.cache import CachedDocumentCollator
+from plant_hf.planting.prototypes import PROTOTYPE_MARGIN, initialize_label_weights, label_prototypes
+
+from conftest import tiny_model
+
+
+def cached_documents(count: int, labels: list[list[int]], hidden: int = 32, seed: int = 0) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [3 + (i * 5) % 7 for i in range(count)]
+    return [
+        {"token_states": torch.randn(n, hidden, generator=generator), "input_ids": torch.arange(n), "label_ids": y}
+        for n, y in zip(lengths, labels, strict=True)
+    ]
+
+
+def context_by_hand(model, states: torch.Tensor, label: int) -> torch.Tensor:
+    """sum_t softmax_t(K_t . U_l + g_t) H_t, written out."""
+    attention = model.label_attention
+    scores = states @ attention.key.weight.T @ attention.label_queries[label] + states @ attention.salience.weight[0]
+    return torch.softmax(scores, dim=0) @ states
+
+
+def test_prototype_initialisation_reproduces_the_mean_context_of_a_labels_documents():
+    model = tiny_model("bert", num_labels=4)
+    # Label 0 in documents 0 and 3, label 1 in document 1 only, label 2 in every third, label 3 in the rest.
+    labels = [[0, 2], [1], [3], [0, 2, 3], [3], [3], [2], [3]]
+    documents = cached_documents(8, labels)
+    prototypes = label_prototypes(model, documents, CachedDocumentCollator(), batch_size=3, progress=False)
+    with torch.no_grad():
+        expected = (context_by_hand(model, documents[0]["token_states"], 0)
+                    + context_by_hand(model, documents[3]["token_states"], 0)) / 2  # fmt: skip
+        torch.testing.assert_close(prototypes.positive_mean[0], expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            prototypes.positive_mean[1], context_by_hand(model, documents[1]["token_states"], 1), rtol=1e-5, atol=1e-6
+        )
+        # Eight documents are fewer than the reference sample: the reference is the mean over all of them.
+        assert prototypes.reference_documents == 8
+        everywhere = torch.stack([context_by_hand(model, d["token_states"], 1) for d in documents])
+        torch.testing.assert_close(prototypes.reference_mean[1], everywhere.mean(0), rtol=1e-5, atol=1e-6)
+    assert prototypes.positive_count.tolist() == [2.0, 1.0, 3.0, 5.0]
+
+    initialize_label_weights(model.label_attention, prototypes, label_counts=[2, 1, 3, 5], num_documents=8)
+    collate = CachedDocumentCollator()
+    with torch.no_grad():
+        logits = model(**collate([{k: v for k, v in documents[1].items() if k != "label_ids"}])).logits[0]
+        # The one document of label 1 sits on its prototype: above the label's prior log-odds by half the class-mean
+        # classifier's margin (squared distance over variance), or by half the margin where that is smaller.
+        distance = (prototypes.positive_mean[1] - prototypes.reference_mean[1]).square().sum()
+        variance = ((everywhere - everywhere.mean(0)) ** 2).mean()
+        torch.testing.assert_close(prototypes.reference_variance[1], variance, rtol=1e-4, atol=1e-6)
+        rise = torch.clamp(distance / variance, max=PROTOTYPE_MARGIN)
+        torch.testing.assert_close(logits[1], rise / 2 + math.log(1 / 7), rtol=1e-4, atol=1e-4)
+        # A label's logit is its context read through its weights, plus its bias.
+        states = documents[1]["token_states"][None]
+        mask = torch.ones(states.shape[:2], dtype=torch.bool)
+        contexts = model.label_attention.label_contexts(states, mask, torch.arange(4)[None])[0]
+        attention = model.label_attention
+        torch.testing.assert_close(
+            logits, (contexts * attention.label_weights).sum(-1) + attention.label_bias, rtol=1e-5, atol=1e-5
+        )
+
+
+def test_prior_bias_initialisation_is_each_labels_log_odds():
+    from plant_hf.planting.prototypes import initialize_label_bias
+
+    model = tiny_model("bert", num_labels=3)
+    initialize_label_bias(model.label_attention, label_counts=[1, 5, 10], num_documents=20)
+    expected = torch.tensor([math.log(1 / 19), math.log(5 / 15), 0.0])
+    torch.testing.assert_close(model.label_attention.label_bias.detach(), expected)
