@@ -14,6 +14,7 @@ for BENCHMARKS.md are written to `<work>/<dataset>/quality.md`.
 """
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -49,18 +50,29 @@ class Budget:
     epochs: float | None = None
     rank: int | None = None
     bf16: bool = False
+    overrides: tuple[tuple[str, str], ...] = ()  # recipe options that differ from fit's defaults (ablations)
 
     def folder(self, work: Path, name: str, head: bool = True) -> Path:
         """A run's folder; its name carries the settings that change results, so runs of other settings stay apart."""
         rank = f"-rank{self.rank}" if head and self.rank else ""
         epochs = f"-epochs{self.epochs:g}" if self.epochs is not None else ""
-        return work / f"{name}{rank}{epochs}{'-bf16' if self.bf16 else ''}"
+        options = "".join(f"-{key}={value}" for key, value in self.overrides) if head else ""
+        return work / f"{name}{rank}{epochs}{options}{'-bf16' if self.bf16 else ''}"
 
 
-def plant_arguments(data: str, planting: str, fraction: float, cache: Path, rank: int | None = None) -> PlantArguments:
-    """`plant-hf fit`'s defaults, but for the data, the planting, the share of the training split and the cache."""
-    return PlantArguments(data=data, planting=planting, train_fraction=fraction, cache_dir=str(cache),
-                          label_attention_dim=rank, label_value_dim=rank)  # fmt: skip
+def plant_arguments(
+    data: str, planting: str, fraction: float, cache: Path, budget: Budget = Budget()
+) -> PlantArguments:
+    """`plant-hf fit`'s defaults, but for the data, the planting, the share of the training split, the cache and the
+    budget's rank and overrides."""
+    settings = PlantArguments(data=data, planting=planting, train_fraction=fraction, cache_dir=str(cache),
+                              label_attention_dim=budget.rank, label_value_dim=budget.rank)  # fmt: skip
+    names = {item.name for item in dataclasses.fields(PlantArguments)}
+    for key, value in budget.overrides:
+        if key not in names:
+            raise SystemExit(f"--set {key}=...: plant-hf fit has no option {key!r}")
+        setattr(settings, key, json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value)
+    return settings
 
 
 def training_arguments(output: Path, seed: int, budget: Budget) -> PlantTrainingArguments:
@@ -84,7 +96,7 @@ def recorded(run: Callable[[], dict], output: Path) -> dict:
 
 def run_head(data: str, planting: str, seed: int, fraction: float, work: Path, budget: Budget) -> dict:
     output = budget.folder(work, f"{planting}-seed{seed}-frac{fraction:g}")
-    settings = plant_arguments(data, planting, fraction, work / "cache", budget.rank)
+    settings = plant_arguments(data, planting, fraction, work / "cache", budget)
 
     def run() -> dict:
         report = fit(settings, training_arguments(output, seed, budget))
@@ -223,20 +235,28 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="*", default=[], help="shares of the training split")
     parser.add_argument("--rank", type=int, help="label_attention_dim and label_value_dim of the heads (low rank)")
     parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="plant-hf fit options for the PLANT and random-init heads, e.g. label_init=random",
+    )
+    parser.add_argument(
         "--bf16",
         action="store_true",
         help="train every head under bf16 autocast (the heads' products in bf16, softmax in fp32)",
     )
     parser.add_argument("--systems", nargs="+", default=["plant", "random", "linear", "xr-linear"])
     args = parser.parse_args()
-    budget = Budget(args.epochs, args.rank, args.bf16)
+    overrides = tuple(tuple(item.split("=", 1)) for item in args.set)
+    budget = Budget(args.epochs, args.rank, args.bf16, overrides)
     work = Path(args.work) / Path(args.data).name
     work.mkdir(parents=True, exist_ok=True)
     results = {"command": "python " + " ".join(sys.argv), "date": datetime.date.today().isoformat(),
                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                           f"{'GPU' if torch.cuda.is_available() else 'CPU'}",
                "mode": "frozen MiniLM backbone, cached states", "epochs": args.epochs, "seeds": args.seeds,
-               "rank": args.rank, "bf16": args.bf16, "systems": {}, "efficiency": {}}  # fmt: skip
+               "rank": args.rank, "bf16": args.bf16, "set": args.set, "systems": {}, "efficiency": {}}  # fmt: skip
     runners = {
         "plant": lambda seed: run_head(args.data, "contextual", seed, 1.0, work, budget),
         "random": lambda seed: run_head(args.data, "none", seed, 1.0, work, budget),
