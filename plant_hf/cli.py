@@ -77,7 +77,13 @@ class PredictArguments:
     input: str = field(metadata={"help": 'JSON lines of documents: {"id": ..., "text": ...} (labels optional).'})
     output: str = field(metadata={"help": 'Where to write {"id", "labels": [best, ...], "scores": [...]} lines.'})
     top_k: int = field(default=20, metadata={"help": "Labels kept per document (0: all)."})
-    threshold: float | None = field(default=None, metadata={"help": "Keep only labels at least this probable."})
+    threshold: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep only labels at least this probable: a probability, or `label` for each label's own "
+            "threshold, tuned on the dev split by plant-hf fit."
+        },
+    )
     batch_size: int = field(default=16, metadata={"help": "Documents per batch."})
     text_field: str = field(default="text", metadata={"help": "Text field of the input lines."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)."})
@@ -136,15 +142,26 @@ def _documents(path: str, text_field: str):
     return documents
 
 
+def _threshold(value: str | None) -> float | str | None:
+    """`--threshold` as the pipeline takes it: a probability, `label`, or nothing."""
+    if value is None or value == "label":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"--threshold {value}: give a probability such as 0.5, or `label`.") from None
+
+
 def run_predict(args: PredictArguments) -> None:
     from tqdm.auto import tqdm
 
     from .data import write_predictions
 
+    threshold = _threshold(args.threshold)
     documents = _documents(args.input, args.text_field)
     classify = _pipeline(args.model, args.device, args.trust_remote_code)
     outputs = tqdm(
-        classify(list(documents["text"]), batch_size=args.batch_size, top_k=args.top_k, threshold=args.threshold),
+        classify(list(documents["text"]), batch_size=args.batch_size, top_k=args.top_k, threshold=threshold),
         total=len(documents),
         desc="Predicting",
         unit="doc",

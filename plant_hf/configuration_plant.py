@@ -54,6 +54,10 @@ class PlantConfig(PreTrainedConfig):
             Dropout applied to the token states before the label attention.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialisation of the label queries and label weights.
+        label_thresholds (`list[float]`, *optional*):
+            A probability threshold per label, above which the label is predicted (`plant-hf fit` tunes them on
+            the dev split for each label's F1); the pipeline applies them with `threshold="label"`. `None`: no
+            per-label thresholds.
 
     Example:
 
@@ -83,6 +87,7 @@ class PlantConfig(PreTrainedConfig):
     static_prior_rank: int | None = None
     head_dropout: float = 0.0
     initializer_range: float = 0.02
+    label_thresholds: list[float] | None = None
 
     def __post_init__(self, **kwargs):
         num_labels = kwargs.get("num_labels")
@@ -136,6 +141,11 @@ class PlantConfig(PreTrainedConfig):
             raise ValueError(f"`head_dropout` must be in [0, 1), got {self.head_dropout}.")
         if self.num_labels < 1:
             raise ValueError(f"`num_labels` must be at least 1, got {self.num_labels}.")
+        if self.label_thresholds is not None and len(self.label_thresholds) != self.num_labels:
+            raise ValueError(
+                f"`label_thresholds` holds {len(self.label_thresholds)} thresholds for {self.num_labels} labels; "
+                "give one per label, or None."
+            )
         if {int(index): label for label, index in self.label2id.items()} != self.id2label:
             raise ValueError("label2id must be the inverse of id2label; pass only id2label to derive it.")
         if self.problem_type != "multi_label_classification":

@@ -201,10 +201,14 @@ def ranking_metrics(
 
 
 def _confusion_counts(
-    truth: sparse.csr_matrix, predictions: TopKPredictions, threshold: float
+    truth: sparse.csr_matrix, predictions: TopKPredictions, threshold: float | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-label true positives, false positives and false negatives of `score > threshold` decisions."""
-    rows, ranks = np.nonzero((predictions.indices >= 0) & (predictions.scores > threshold))
+    """Per-label true positives, false positives and false negatives of `score > threshold` decisions (`threshold`:
+    one for all labels, or one per label of the predictions' label space)."""
+    valid = predictions.indices >= 0
+    if np.ndim(threshold):
+        threshold = np.asarray(threshold)[np.where(valid, predictions.indices, 0)]
+    rows, ranks = np.nonzero(valid & (predictions.scores > threshold))
     labels = predictions.indices[rows, ranks]
     hit = _is_relevant(truth, rows, labels)
     width = truth.shape[1]
@@ -219,9 +223,10 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 
 def threshold_metrics(
-    truth: sparse.csr_matrix, predictions: TopKPredictions, threshold: float = 0.5
+    truth: sparse.csr_matrix, predictions: TopKPredictions, threshold: float | np.ndarray = 0.5
 ) -> dict[str, float]:
-    """Micro and macro precision, recall and F1 of predicting every label whose score exceeds `threshold`.
+    """Micro and macro precision, recall and F1 of predicting every label whose score exceeds `threshold` (one for
+    all labels, or one per label of the predictions' label space).
 
     Macro averages run over the whole label space (undefined per-label ratios count as 0). `macro_f1` is the mean
     of per-label F1; `macro_f1_harmonic` is `2 P R / (P + R)` of macro-precision P and macro-recall R (CAML).
@@ -242,6 +247,41 @@ def threshold_metrics(
         "macro_f1": float(_ratio(2 * tp, 2 * tp + fp + fn).mean()),
         "macro_f1_harmonic": float(harmonic),
     }
+
+
+def tune_label_thresholds(truth: Any, predictions: TopKPredictions, fallback: float = 0.5) -> np.ndarray:
+    """Per-label thresholds that maximise each label's F1 on these (held-out) predictions, `(num_labels,)`.
+
+    A label's threshold falls half way between the score of its last kept prediction and the next one down, so the
+    decisions `score > threshold` reproduce the best cut. Labels with no relevant prediction among the stored top-k
+    (F1 0 at every cut, or no held-out examples) keep `fallback`.
+    """
+    truth = as_truth_matrix(truth, predictions.num_labels)
+    _check(truth, predictions)
+    thresholds = np.full(predictions.num_labels, fallback, dtype=np.float64)
+    rows, ranks = np.nonzero(predictions.indices >= 0)
+    labels, scores = predictions.indices[rows, ranks], predictions.scores[rows, ranks].astype(np.float64)
+    hit = _is_relevant(truth, rows, labels)
+    order = np.lexsort((-scores, labels))
+    labels, scores, hit = labels[order], scores[order], hit[order]
+    if labels.size == 0:
+        return thresholds
+    first = np.r_[True, labels[1:] != labels[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(labels.size), 0))
+    hits = np.cumsum(hit)
+    true_positives = hits - np.where(start > 0, hits[start - 1], 0)
+    kept = np.arange(labels.size) - start + 1
+    positives = np.bincount(truth.indices, minlength=truth.shape[1])[labels]
+    f1 = 2 * true_positives / (kept + positives)
+    last = np.r_[labels[1:] != labels[:-1], True]
+    below = np.where(last, 0.0, np.r_[scores[1:], 0.0])
+    f1[~last & (below == scores)] = -1.0  # a cut between equal scores is not a decision a threshold can make
+    best = np.lexsort((-f1, labels))[first]  # labels are sorted already: the first of each group is its best cut
+    best = best[f1[best] > 0]
+    thresholds[labels[best]] = np.where(
+        last[best], np.nextafter(scores[best], -np.inf), (scores[best] + below[best]) / 2
+    )
+    return thresholds
 
 
 def _grouped_auc(
@@ -318,7 +358,7 @@ def evaluate_predictions(
     label_counts: Any | None = None,
     num_train_documents: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
-    threshold: float = 0.5,
+    threshold: float | np.ndarray = 0.5,
     propensity_a: float = 0.55,
     propensity_b: float = 1.5,
     with_auc: bool = True,
@@ -354,7 +394,7 @@ def evaluate_predictions(
 
 
 def _label_metrics(
-    truth: sparse.csr_matrix, predictions: TopKPredictions, threshold: float, with_auc: bool
+    truth: sparse.csr_matrix, predictions: TopKPredictions, threshold: float | np.ndarray, with_auc: bool
 ) -> dict[str, float]:
     results = threshold_metrics(truth, predictions, threshold)
     if with_auc:
@@ -367,7 +407,7 @@ def _bucket_metrics(
     predictions: TopKPredictions,
     labels: np.ndarray,
     ks: Sequence[int],
-    threshold: float,
+    threshold: float | np.ndarray,
     inverse_propensity: np.ndarray | None,
     with_auc: bool,
 ) -> dict[str, Any]:
@@ -396,6 +436,8 @@ def _bucket_metrics(
             propensity,
         )
     )
+    if np.ndim(threshold):  # per label: the bucket's own, by bucket column (labels past the model's never score)
+        threshold = np.concatenate([threshold, np.full(truth.shape[1] - len(threshold), np.inf)])[columns]
     entry.update(_label_metrics(bucket_truth, bucket_predictions, threshold, with_auc))
     return entry
 
@@ -412,4 +454,5 @@ __all__ = [
     "inverse_propensities",
     "ranking_metrics",
     "threshold_metrics",
+    "tune_label_thresholds",
 ]

@@ -12,7 +12,8 @@ TASK = "xmc-classification"
 class PlantClassificationPipeline(Pipeline):
     """
     Multi-label classification with a PLANT model: each label's probability (sigmoid), the `top_k` most probable
-    labels and/or those above a `threshold`, with their names. Documents longer than the model's `chunk_size` are
+    labels and/or those above a `threshold` (a probability, or `"label"`: each label's own, the `label_thresholds`
+    that `plant-hf fit` tunes on the dev split), with their names. Documents longer than the model's `chunk_size` are
     cut into chunks (up to `max_chunks`) as the model was trained. With `explain=True`, every returned label also
     carries the `explain_words` words its attention weighs most (sub-word pieces merged), with their weights
     (`explain_words=0`: every word, in text order).
@@ -35,7 +36,7 @@ class PlantClassificationPipeline(Pipeline):
     def _sanitize_parameters(
         self,
         top_k: int | None = None,
-        threshold: float | None = None,
+        threshold: float | str | None = None,
         explain: bool | None = None,
         explain_words: int | None = None,
         **kwargs,
@@ -43,6 +44,15 @@ class PlantClassificationPipeline(Pipeline):
         forward: dict[str, Any] = {}
         if top_k is not None:
             forward["top_k"] = top_k
+        if threshold == "label":
+            if self.model.config.label_thresholds is None:
+                raise ValueError(
+                    'threshold="label" needs per-label thresholds, and this model\'s config has no '
+                    "`label_thresholds` (plant-hf fit tunes them on the dev split): give a probability instead."
+                )
+            threshold = torch.tensor(self.model.config.label_thresholds)
+        elif isinstance(threshold, str):
+            raise ValueError(f'threshold must be a probability or "label", got {threshold!r}.')
         if threshold is not None:
             forward["threshold"] = threshold
         if explain is not None:
@@ -79,13 +89,19 @@ class PlantClassificationPipeline(Pipeline):
         }
 
     def _forward(
-        self, model_inputs: dict[str, Any], top_k: int = 5, threshold: float | None = None, explain: bool = False
+        self,
+        model_inputs: dict[str, Any],
+        top_k: int = 5,
+        threshold: float | torch.Tensor | None = None,
+        explain: bool = False,
     ) -> dict[str, Any]:
         tokens = model_inputs.pop("tokens")
         logits = self.model(**model_inputs).logits.float()
         width = self.model.config.num_labels if top_k is None or top_k <= 0 else min(top_k, logits.shape[-1])
         top = logits.sigmoid().topk(width, dim=-1)
         indices = top.indices
+        if isinstance(threshold, torch.Tensor):  # one per label
+            threshold = threshold.to(indices.device)[indices]
         if threshold is not None:
             indices = indices.masked_fill(top.values < threshold, -1)
         outputs = {"indices": indices, "scores": top.values, "attention_mask": model_inputs["attention_mask"]}

@@ -68,6 +68,7 @@ def test_unknown_backbone_type_is_named():
         ("label_block_size", 0, "`label_block_size` must be a positive integer"),
         ("head_dropout", 1.5, "`head_dropout` must be in"),
         ("problem_type", "single_label_classification", "PLANT is a multi-label classifier"),
+        ("label_thresholds", [0.5, 0.5], "holds 2 thresholds for 3 labels"),
     ],
 )
 def test_invalid_head_settings_are_refused(field, value, message):

@@ -179,6 +179,23 @@ def test_pipeline_scores_chunks_top_k_threshold_and_batches(trained):
     assert len(above) == int((probabilities >= 0.5).sum())
 
 
+def test_pipeline_applies_the_labels_own_thresholds(trained):
+    classify = pipeline("xmc-classification", model=str(trained))
+    thresholds = torch.tensor(classify.model.config.label_thresholds)  # tuned on dev by fit
+    assert thresholds.shape == (6,) and not torch.all(thresholds == 0.5)
+    evidence, noise = synthetic_vocabulary(num_labels=6)
+    text = " ".join([*noise[:30], evidence[0], evidence[6]])
+    with torch.no_grad():
+        probabilities = classify.model(input_ids=classify.preprocess(text)["input_ids"]).logits.sigmoid()[0]
+    kept = {entry["label"] for entry in classify(text, top_k=0, threshold="label")}
+    assert kept == {f"L{i}" for i in range(6) if probabilities[i] >= thresholds[i]}
+    classify.model.config.label_thresholds = None
+    with pytest.raises(ValueError, match="label_thresholds"):
+        classify(text, threshold="label")
+    with pytest.raises(ValueError, match="probability"):
+        classify(text, threshold="high")
+
+
 def test_explanations_name_each_labels_evidence_word(trained):
     classify = pipeline("xmc-classification", model=str(trained))
     evidence, noise = synthetic_vocabulary(num_labels=6)
@@ -230,6 +247,16 @@ def test_cli_predict_and_explain(trained, tmp_path):
         "--top_k", "3")  # fmt: skip
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [line["id"] for line in lines] == ["d0", "d1", "d2"] and all(len(line["labels"]) == 3 for line in lines)
+    cli("predict", "--model", str(trained), "--input", str(documents), "--output", str(tmp_path / "own.jsonl"),
+        "--top_k", "0", "--threshold", "label")  # fmt: skip
+    config = json.loads((trained / "config.json").read_text())
+    own = {config["id2label"][str(i)]: threshold for i, threshold in enumerate(config["label_thresholds"])}
+    for line in map(json.loads, (tmp_path / "own.jsonl").read_text().splitlines()):
+        assert all(score >= own[label] for label, score in zip(line["labels"], line["scores"], strict=True))
+    refused = subprocess.run([sys.executable, "-m", "plant_hf.cli", "predict", "--model", str(trained), "--input",
+                              str(documents), "--output", str(tmp_path / "no.jsonl"), "--threshold", "high"],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert refused.returncode == 2 and "--threshold high" in refused.stderr and not (tmp_path / "no.jsonl").exists()
     cli("explain", "--model", str(trained), "--input", str(documents), "--output_dir", str(tmp_path / "pages"),
         "--top_k", "3")  # fmt: skip
     pages = sorted((tmp_path / "pages").glob("0*.html"))

@@ -13,6 +13,7 @@ from plant_hf.metrics import (
     inverse_propensities,
     ranking_metrics,
     threshold_metrics,
+    tune_label_thresholds,
 )
 
 napkinxc = pytest.importorskip("napkinxc.metrics", reason="needs napkinxc (extra `dev`)")
@@ -107,6 +108,48 @@ def test_threshold_metrics_match_sklearn(seed, threshold):
     r = sklearn_metrics.recall_score(y_true, y_pred, average="macro", zero_division=0)
     assert ours["macro_f1_harmonic"] == pytest.approx(2 * p * r / (p + r), abs=1e-12)
     assert ours["macro_f1_harmonic"] != pytest.approx(ours["macro_f1"])
+
+
+def test_per_label_thresholds_match_sklearn():
+    truth, _, scores, _ = random_problem(0)
+    width = MODEL_LABELS + UNSEEN_LABELS
+    thresholds = np.random.default_rng(1).uniform(0.2, 0.8, MODEL_LABELS)
+    ours = threshold_metrics(
+        as_truth_matrix(truth, width), TopKPredictions.from_scores(scores, MODEL_LABELS), thresholds
+    )
+    y_true = as_truth_matrix(truth, width).toarray()
+    y_pred = np.zeros_like(y_true)
+    y_pred[:, :MODEL_LABELS] = scores > thresholds
+    for average in ("micro", "macro"):
+        expected = sklearn_metrics.f1_score(y_true, y_pred, average=average, zero_division=0)
+        assert ours[f"{average}_f1"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_tuned_thresholds_by_hand():
+    # label 0 ranks hit 0.9, hit 0.6, miss 0.4 (2 positives): best cut after 0.6; label 1 ranks hit 0.7, then misses;
+    # label 2 ties a hit and a miss at 0.5, so only the cut below both is a decision; label 3 is never relevant
+    predictions = TopKPredictions(
+        np.array([[0, 1, 2], [1, 0, 2], [0, 1, 3]]), np.array([[0.9, 0.2, 0.5], [0.7, 0.6, 0.5], [0.4, 0.1, 0.8]]), 4
+    )
+    truth = [[0, 2], [0, 1], []]
+    thresholds = tune_label_thresholds(truth, predictions, fallback=0.3)
+    assert thresholds[:2] == pytest.approx([0.5, 0.45])
+    assert thresholds[2] == np.nextafter(0.5, 0) and thresholds[3] == 0.3
+    assert threshold_metrics(as_truth_matrix(truth, 4), predictions, thresholds)["macro_f1"] == pytest.approx(
+        (1 + 1 + 2 / 3 + 0) / 4
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tuned_thresholds_are_each_labels_best_cut(seed):
+    truth, _, scores, _ = random_problem(seed)
+    predictions = TopKPredictions.from_scores(scores, MODEL_LABELS)
+    thresholds = tune_label_thresholds(truth, predictions)
+    y_true = as_truth_matrix(truth, MODEL_LABELS + UNSEEN_LABELS).toarray()[:, :MODEL_LABELS]
+    for label in range(MODEL_LABELS):
+        tuned = sklearn_metrics.f1_score(y_true[:, label], scores[:, label] > thresholds[label], zero_division=0)
+        for cut in np.unique(scores[:, label]):
+            assert tuned >= sklearn_metrics.f1_score(y_true[:, label], scores[:, label] >= cut, zero_division=0) - 1e-12
 
 
 @pytest.mark.parametrize("k", [MODEL_LABELS, 6])

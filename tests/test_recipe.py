@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -17,8 +18,9 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from plant_hf import PlantForMultiLabelClassification
-from plant_hf.data import DataFormatError
+from plant_hf.data import DataFormatError, LabelVocabulary, load_corpus, read_predictions
 from plant_hf.data.synthetic import write_synthetic_corpus
+from plant_hf.metrics import TopKPredictions, as_truth_matrix, threshold_metrics
 from plant_hf.training.recipe import PlantArguments, fit, prepare_run
 from plant_hf.training.trainer import GradualUnfreezing, PlantTrainer, PlantTrainingArguments
 
@@ -75,6 +77,20 @@ def test_fit_runs_every_stage_and_skips_what_is_done(workspace, tmp_path):
     losses = logged_losses(run)
     assert losses[-1] < losses[0]
     assert report["documents"] == 40 and 0.0 <= report["P@1"] <= 1.0
+    thresholds = np.array(json.loads((run / "model" / "config.json").read_text())["label_thresholds"])
+    vocabulary = LabelVocabulary.load(run / "model" / "label_vocabulary.json")
+    index = {label: i for i, label in enumerate(vocabulary.labels)}
+    saved = read_predictions(run / "eval" / "test_predictions.jsonl")
+    predictions = TopKPredictions(
+        np.array([[index[label] for label in record.labels] for record in saved]),
+        np.array([record.scores for record in saved]),
+        len(vocabulary),
+    )
+    truth, _ = vocabulary.evaluation_targets(load_corpus(workspace / "corpus").splits["test"]["labels"])
+    truth = as_truth_matrix(truth, len(vocabulary))
+    assert thresholds.shape == (len(vocabulary),) and not np.all(thresholds == 0.5)  # tuned on dev
+    assert report["macro_f1"] == pytest.approx(threshold_metrics(truth, predictions, thresholds)["macro_f1"])
+    assert report["fixed_threshold"]["macro_f1"] == pytest.approx(threshold_metrics(truth, predictions)["macro_f1"])
     card = ModelCard.load(run / "model" / "README.md")
     assert {result.metric_type for result in card.data.eval_results} >= {"P@1", "P@5", "PSP@5"}
     model = AutoModel.from_pretrained(run / "model").eval()

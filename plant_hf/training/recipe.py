@@ -25,7 +25,7 @@ from ..data import LabelVocabulary, PlantDataCollator, load_corpus, tokenize_spl
 from ..data.synthetic import write_synthetic_corpus
 from ..hub import EVAL_REPORT_FILE, TrainingInfo, write_model_card
 from ..lora import lora_config_for
-from ..metrics import TopKPredictions, evaluate_predictions
+from ..metrics import TopKPredictions, as_truth_matrix, evaluate_predictions, threshold_metrics, tune_label_thresholds
 from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting import MIGTable, build_mig_table, tokenizer_fingerprint
 from ..planting.pretraining import RankerTrainingArguments
@@ -157,7 +157,17 @@ class PlantArguments:
     dtype: str = field(default="auto", metadata={"help": "Backbone dtype: auto, float32, bfloat16, float16."})
     attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flash_attention_2..."})
     eval_top_k: int = field(default=100, metadata={"help": "Predictions kept per document for the metrics."})
-    threshold: float = field(default=0.5, metadata={"help": "Probability threshold of the F1 metrics."})
+    threshold: float = field(
+        default=0.5, metadata={"help": "Probability threshold of the F1 metrics (of every label, without tuning)."}
+    )
+    tune_thresholds: bool = field(
+        default=True,
+        metadata={
+            "help": "Tune a probability threshold per label on the dev split for its F1, saved in the model's "
+            "config as `label_thresholds` (the pipeline's threshold='label'); the test F1 metrics use them and "
+            "labels without a dev example keep --threshold. --tune_thresholds false: --threshold for all."
+        },
+    )
     cache_dir: str | None = field(
         default=None, metadata={"help": "Where frozen-backbone states are cached (default: <output_dir>/cache)."}
     )
@@ -546,12 +556,8 @@ def evaluate_stage(context: RunContext, model_folder: Path) -> dict[str, Any]:
     model = PlantForMultiLabelClassification.from_pretrained(model_folder, dtype=context.args.dtype).eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    if context.args.backbone_mode == "frozen":
-        documents, collator = context.cached("test", model), CachedDocumentCollator()
-    else:
-        documents = context.tokenized("test").select_columns(["input_ids"])
-        collator = PlantDataCollator(num_labels=0, pad_token_id=_pad_id(model))
-    predictions = predict_top_k(model, documents, collator, context.args.eval_top_k, device)
+    threshold = _tuned_thresholds(context, model, model_folder, device) if context.args.tune_thresholds else None
+    predictions = _split_predictions(context, model, "test", device)
     test = context.splits["test"]
     truth, _ = context.vocabulary.evaluation_targets(test["labels"])
     report = evaluate_predictions(
@@ -559,8 +565,11 @@ def evaluate_stage(context: RunContext, model_folder: Path) -> dict[str, Any]:
         predictions,
         context.vocabulary.counts,
         context.vocabulary.num_documents,
-        threshold=context.args.threshold,
+        threshold=context.args.threshold if threshold is None else threshold,
     )
+    if threshold is not None:
+        fixed = threshold_metrics(as_truth_matrix(truth, len(context.vocabulary)), predictions, context.args.threshold)
+        report["fixed_threshold"] = {"threshold": context.args.threshold, **fixed}
     report["meta"] = {
         "split": "test",
         "notes": context.notes,
@@ -581,6 +590,31 @@ def evaluate_stage(context: RunContext, model_folder: Path) -> dict[str, Any]:
         plot_frequency_buckets(report, folder / "test_buckets.png", title="test metrics by label frequency")
         write_report(report, report_path)
     return report
+
+
+def _split_predictions(context: RunContext, model: PlantForMultiLabelClassification, split: str, device: str):
+    """The model's top-k predictions on a split, from cached states (frozen backbone) or from the tokens."""
+    if context.args.backbone_mode == "frozen":
+        documents, collator = context.cached(split, model), CachedDocumentCollator()
+    else:
+        documents = context.tokenized(split).select_columns(["input_ids"])
+        collator = PlantDataCollator(num_labels=0, pad_token_id=_pad_id(model))
+    return predict_top_k(model, documents, collator, context.args.eval_top_k, device)
+
+
+def _tuned_thresholds(
+    context: RunContext, model: PlantForMultiLabelClassification, model_folder: Path, device: str
+) -> np.ndarray:
+    """Per-label thresholds tuned on the dev split, also written into the saved model's config."""
+    truth, _ = context.vocabulary.evaluation_targets(context.splits["dev"]["labels"])
+    predictions = _split_predictions(context, model, "dev", device)
+    thresholds = tune_label_thresholds(truth, predictions, fallback=context.args.threshold)
+    model.config.label_thresholds = thresholds.tolist()
+    if context.is_main:
+        staged = model_folder / "config.json.partial"
+        model.config.to_json_file(staged)
+        staged.replace(model_folder / "config.json")
+    return thresholds
 
 
 @torch.no_grad()
@@ -626,6 +660,7 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
             "planted attention lr": training.learning_rate * training.planted_lr_fraction,
             "backbone lr": training.backbone_learning_rate if args.backbone_mode != "frozen" else "frozen",
             "best checkpoint by": training.metric_for_best_model,
+            "decision thresholds": "per label, tuned on dev for F1" if args.tune_thresholds else args.threshold,
             "precision": "bf16 autocast" if training.bf16 else "fp16 autocast" if training.fp16 else "fp32",
         },
         hyperparameters=_run_config(args, training),
