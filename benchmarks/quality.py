@@ -10,7 +10,8 @@ With `--fractions` PLANT and the random-init head are also trained on shares of 
 with a plot). Each run keeps its report and wall time in its folder (`benchmark_run.json`, in a folder named by
 system, seed, share of the data and, when set, `--rank`, `--epochs`, `--set` and `--bf16`): run the same command
 again after an interruption, or with more seeds, and finished runs are read back instead of trained again (an
-unfinished one starts over). The tables for BENCHMARKS.md are written to `<work>/<dataset>/quality.md`.
+unfinished one starts over). The tables for BENCHMARKS.md are written to `<work>/<dataset>/quality.md`, a plot of
+PSP@5 by label frequency to `buckets.png` beside it.
 """
 
 import argparse
@@ -39,6 +40,12 @@ from plant_hf.training.recipe import PlantArguments, classifier, fit, predict_to
 from plant_hf.training.trainer import PlantTrainingArguments, XMCTrainer, training_summary
 
 METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "macro_f1")
+SYSTEM_NAMES = {
+    "plant": "PLANT",
+    "random": "random-init head",
+    "linear": "mean-pooled linear",
+    "xr-linear": "XR-Linear",
+}
 BUCKET_METRICS = ("P@5", "PSP@5", "R@5")
 
 
@@ -199,6 +206,31 @@ def plot_efficiency(efficiency: dict, path: Path, title: str) -> None:
     plt.close(figure)
 
 
+def plot_buckets(systems: dict, path: Path, title: str) -> None:
+    """PSP@5 of each system per training-frequency bucket of the labels, as grouped bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    buckets = [bucket for bucket in next(iter(systems.values()))["by_frequency"] if bucket != "0"]
+    figure, axis = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(systems)
+    for offset, (system, summary) in enumerate(systems.items()):
+        means = [100 * summary["by_frequency"][bucket]["PSP@5"]["mean"] for bucket in buckets]
+        spreads = [100 * summary["by_frequency"][bucket]["PSP@5"]["std"] for bucket in buckets]
+        positions = np.arange(len(buckets)) + (offset - (len(systems) - 1) / 2) * width
+        axis.bar(positions, means, width, yerr=spreads, capsize=2, label=SYSTEM_NAMES.get(system, system))
+    axis.set_xticks(np.arange(len(buckets)), [f"seen {bucket} times" for bucket in buckets])
+    axis.set_ylabel("test PSP@5 (%)")
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend()
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def markdown(results: dict) -> str:
     """The tables of BENCHMARKS.md: headline metrics and frequency buckets (mean +- std over seeds, percent)."""
 
@@ -280,6 +312,7 @@ def main() -> None:
                        for seed in args.seeds])
             for fraction in args.fractions
         }  # fmt: skip
+    plot_buckets(results["systems"], work / "buckets.png", f"{Path(args.data).name}: PSP@5 by label frequency")
     if args.fractions:
         plot_efficiency(results["efficiency"], work / "data_efficiency.png", Path(args.data).name)
     (work / "quality.json").write_text(json.dumps(results, indent=1, default=float))
