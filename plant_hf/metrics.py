@@ -249,16 +249,23 @@ def threshold_metrics(
     }
 
 
-def tune_label_thresholds(truth: Any, predictions: TopKPredictions, fallback: float = 0.5) -> np.ndarray:
-    """Per-label thresholds that maximise each label's F1 on these (held-out) predictions, `(num_labels,)`.
+# Where one threshold shared by the labels is searched (probabilities).
+SHARED_THRESHOLDS = np.round(np.linspace(0.05, 0.95, 19), 2)
 
-    A label's threshold falls half way between the score of its last kept prediction and the next one down, so the
-    decisions `score > threshold` reproduce the best cut. Labels with no relevant prediction among the stored top-k
-    (F1 0 at every cut, or no held-out examples) keep `fallback`.
+
+def tune_label_thresholds(truth: Any, predictions: TopKPredictions, min_positives: int = 5) -> np.ndarray:
+    """Decision thresholds tuned on these (held-out) predictions, one per label, `(num_labels,)`.
+
+    A label with at least `min_positives` held-out examples gets the threshold that maximises its own F1, half way
+    between the score of its last kept prediction and the next one down (so that `score > threshold` reproduces the
+    best cut). The others share the threshold of `SHARED_THRESHOLDS` that maximises macro-F1: with a handful of
+    examples a label's own best cut is noise (measured in BENCHMARKS.md, decision thresholds). Labels without a
+    relevant prediction among the stored top-k also keep the shared one.
     """
     truth = as_truth_matrix(truth, predictions.num_labels)
     _check(truth, predictions)
-    thresholds = np.full(predictions.num_labels, fallback, dtype=np.float64)
+    shared = max(SHARED_THRESHOLDS, key=lambda value: threshold_metrics(truth, predictions, value)["macro_f1"])
+    thresholds = np.full(predictions.num_labels, shared, dtype=np.float64)
     rows, ranks = np.nonzero(predictions.indices >= 0)
     labels, scores = predictions.indices[rows, ranks], predictions.scores[rows, ranks].astype(np.float64)
     hit = _is_relevant(truth, rows, labels)
@@ -277,7 +284,7 @@ def tune_label_thresholds(truth: Any, predictions: TopKPredictions, fallback: fl
     below = np.where(last, 0.0, np.r_[scores[1:], 0.0])
     f1[~last & (below == scores)] = -1.0  # a cut between equal scores is not a decision a threshold can make
     best = np.lexsort((-f1, labels))[first]  # labels are sorted already: the first of each group is its best cut
-    best = best[f1[best] > 0]
+    best = best[(f1[best] > 0) & (positives[best] >= min_positives)]
     thresholds[labels[best]] = np.where(
         last[best], np.nextafter(scores[best], -np.inf), (scores[best] + below[best]) / 2
     )

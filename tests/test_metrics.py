@@ -132,19 +132,22 @@ def test_tuned_thresholds_by_hand():
         np.array([[0, 1, 2], [1, 0, 2], [0, 1, 3]]), np.array([[0.9, 0.2, 0.5], [0.7, 0.6, 0.5], [0.4, 0.1, 0.8]]), 4
     )
     truth = [[0, 2], [0, 1], []]
-    thresholds = tune_label_thresholds(truth, predictions, fallback=0.3)
+    thresholds = tune_label_thresholds(truth, predictions, min_positives=1)
     assert thresholds[:2] == pytest.approx([0.5, 0.45])
-    assert thresholds[2] == np.nextafter(0.5, 0) and thresholds[3] == 0.3
+    assert thresholds[2] == np.nextafter(0.5, 0)
     assert threshold_metrics(as_truth_matrix(truth, 4), predictions, thresholds)["macro_f1"] == pytest.approx(
         (1 + 1 + 2 / 3 + 0) / 4
     )
+    # with two examples needed, only label 0 keeps its own cut; the rest share the grid's first macro-F1 peak, 0.4
+    # (F1 1, 1, 2/3 and 0: below it label 0 keeps its miss at 0.4, from 0.5 on label 2 loses its tied hit)
+    assert tune_label_thresholds(truth, predictions, min_positives=2) == pytest.approx([0.5, 0.4, 0.4, 0.4])
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_tuned_thresholds_are_each_labels_best_cut(seed):
     truth, _, scores, _ = random_problem(seed)
     predictions = TopKPredictions.from_scores(scores, MODEL_LABELS)
-    thresholds = tune_label_thresholds(truth, predictions)
+    thresholds = tune_label_thresholds(truth, predictions, min_positives=1)
     y_true = as_truth_matrix(truth, MODEL_LABELS + UNSEEN_LABELS).toarray()[:, :MODEL_LABELS]
     for label in range(MODEL_LABELS):
         tuned = sklearn_metrics.f1_score(y_true[:, label], scores[:, label] > thresholds[label], zero_division=0)

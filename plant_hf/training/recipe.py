@@ -163,9 +163,10 @@ class PlantArguments:
     tune_thresholds: bool = field(
         default=True,
         metadata={
-            "help": "Tune a probability threshold per label on the dev split for its F1, saved in the model's "
-            "config as `label_thresholds` (the pipeline's threshold='label'); the test F1 metrics use them and "
-            "labels without a dev example keep --threshold. --tune_thresholds false: --threshold for all."
+            "help": "Tune the decision thresholds on the dev split: each label with at least 5 dev examples its "
+            "own, for its F1; the others one shared threshold, for macro-F1. Saved in the model's config as "
+            "`label_thresholds` (the pipeline's threshold='label'); the test F1 metrics use them. "
+            "--tune_thresholds false: --threshold for all."
         },
     )
     cache_dir: str | None = field(
@@ -608,7 +609,7 @@ def _tuned_thresholds(
     """Per-label thresholds tuned on the dev split, also written into the saved model's config."""
     truth, _ = context.vocabulary.evaluation_targets(context.splits["dev"]["labels"])
     predictions = _split_predictions(context, model, "dev", device)
-    thresholds = tune_label_thresholds(truth, predictions, fallback=context.args.threshold)
+    thresholds = tune_label_thresholds(truth, predictions)
     model.config.label_thresholds = thresholds.tolist()
     if context.is_main:
         staged = model_folder / "config.json.partial"
@@ -660,7 +661,9 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
             "planted attention lr": training.learning_rate * training.planted_lr_fraction,
             "backbone lr": training.backbone_learning_rate if args.backbone_mode != "frozen" else "frozen",
             "best checkpoint by": training.metric_for_best_model,
-            "decision thresholds": "per label, tuned on dev for F1" if args.tune_thresholds else args.threshold,
+            "decision thresholds": "tuned on dev (per label from 5 dev examples)"
+            if args.tune_thresholds
+            else args.threshold,
             "precision": "bf16 autocast" if training.bf16 else "fp16 autocast" if training.fp16 else "fp32",
         },
         hyperparameters=_run_config(args, training),
