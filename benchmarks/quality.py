@@ -223,8 +223,9 @@ def plot_buckets(systems: dict, path: Path, title: str) -> None:
         axis.bar(positions, means, width, yerr=spreads, capsize=2, label=SYSTEM_NAMES.get(system, system))
     axis.set_xticks(np.arange(len(buckets)), [f"seen {bucket} times" for bucket in buckets])
     axis.set_ylabel("test PSP@5 (%)")
+    axis.set_ylim(0, 115)  # room for the legend above the bars
     axis.grid(alpha=0.3, axis="y")
-    axis.legend()
+    axis.legend(loc="upper center", ncol=len(systems), fontsize="small")
     axis.set_title(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
