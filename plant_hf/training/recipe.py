@@ -106,7 +106,7 @@ class PlantArguments:
     text_field: str = field(default="text", metadata={"help": "Text field of JSON lines / Hub records."})
     labels_field: str = field(default="labels", metadata={"help": "Labels field of JSON lines / Hub records."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
-    synthetic_documents: int = field(default=1000, metadata={"help": "Training documents of the synthetic corpus."})
+    synthetic_documents: int = field(default=600, metadata={"help": "Training documents of the synthetic corpus."})
     train_fraction: float = field(
         default=1.0, metadata={"help": "Train on this share of the training split (a seeded random subset)."}
     )
