@@ -11,13 +11,14 @@ the shared one for the rest. Mean and standard deviation over the runs' seeds, i
 
 import argparse
 import re
+import shutil
 import statistics
 from pathlib import Path
 
 import quality
 
 from plant_hf.metrics import as_truth_matrix, threshold_metrics, tune_label_thresholds
-from plant_hf.training.recipe import PlantForMultiLabelClassification, _split_predictions, prepare_run
+from plant_hf.training.recipe import PlantForMultiLabelClassification, prepare_run, split_predictions
 
 RULES = {
     "0.5 for all": lambda truth, predictions: 0.5,
@@ -32,12 +33,13 @@ SYSTEMS = {"PLANT": ("contextual", r"contextual-seed(\d+)-frac1"),
 def run_scores(data: str, work: Path, folder: Path, planting: str, seed: int, scratch: Path) -> dict[str, float]:
     """Test macro-F1 of one finished run under each rule."""
     settings = quality.plant_arguments(data, planting, 1.0, work / "cache")
+    shutil.rmtree(scratch / folder.name, ignore_errors=True)  # only a run folder for prepare_run; nothing is kept
     context = prepare_run(settings, quality.training_arguments(scratch / folder.name, seed, quality.Budget()))
     model = PlantForMultiLabelClassification.from_pretrained(folder / "model").eval()
     width = len(context.vocabulary)
     truth = {split: as_truth_matrix(context.vocabulary.evaluation_targets(context.splits[split]["labels"])[0], width)
              for split in ("dev", "test")}  # fmt: skip
-    predictions = {split: _split_predictions(context, model, split, "cpu") for split in ("dev", "test")}
+    predictions = {split: split_predictions(context, model, split, "cpu") for split in ("dev", "test")}
     return {
         rule: threshold_metrics(truth["test"], predictions["test"], tune(truth["dev"], predictions["dev"]))["macro_f1"]
         for rule, tune in RULES.items()

@@ -482,11 +482,8 @@ def _initialize_labels(context: RunContext, model: PlantForMultiLabelClassificat
     if context.args.label_init == "prior":
         initialize_label_bias(attention, vocabulary.counts, vocabulary.num_documents)
     elif context.args.label_init == "prototype":
-        if context.args.backbone_mode == "frozen":
-            documents, collator = context.cached("train", model), CachedDocumentCollator()
-        else:
-            documents = context.tokenized("train").select_columns(["input_ids", "label_ids"])
-            collator = PlantDataCollator(num_labels=0, pad_token_id=_pad_id(model))
+        documents, collator = _inference_inputs(context, model, "train", with_labels=True)
+        if context.args.backbone_mode != "frozen":
             for module in model.modules():
                 # bitsandbytes repacks 4-bit weights in place for CPU inference, a layout its training pass then
                 # cannot read: the backbone must stay in the training layout.
@@ -558,7 +555,7 @@ def evaluate_stage(context: RunContext, model_folder: Path) -> dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     threshold = _tuned_thresholds(context, model, model_folder, device) if context.args.tune_thresholds else None
-    predictions = _split_predictions(context, model, "test", device)
+    predictions = split_predictions(context, model, "test", device)
     test = context.splits["test"]
     truth, _ = context.vocabulary.evaluation_targets(test["labels"])
     report = evaluate_predictions(
@@ -593,14 +590,24 @@ def evaluate_stage(context: RunContext, model_folder: Path) -> dict[str, Any]:
     return report
 
 
-def _split_predictions(context: RunContext, model: PlantForMultiLabelClassification, split: str, device: str):
-    """The model's top-k predictions on a split, from cached states (frozen backbone) or from the tokens."""
+def _inference_inputs(
+    context: RunContext, model: PlantForMultiLabelClassification, split: str, with_labels: bool = False
+):
+    """A split's documents and the collator that batches them without targets: cached states (frozen backbone) or
+    token ids; `with_labels` keeps each document's `label_ids` in its items."""
     if context.args.backbone_mode == "frozen":
-        documents, collator = context.cached(split, model), CachedDocumentCollator()
-    else:
-        documents = context.tokenized(split).select_columns(["input_ids"])
-        collator = PlantDataCollator(num_labels=0, pad_token_id=_pad_id(model))
-    return predict_top_k(model, documents, collator, context.args.eval_top_k, device)
+        return context.cached(split, model), CachedDocumentCollator()
+    columns = ["input_ids", "label_ids"] if with_labels else ["input_ids"]
+    return context.tokenized(split).select_columns(columns), PlantDataCollator(
+        num_labels=0, pad_token_id=_pad_id(model)
+    )
+
+
+def split_predictions(
+    context: RunContext, model: PlantForMultiLabelClassification, split: str, device: str
+) -> TopKPredictions:
+    """The model's top-k predictions on a split of the run."""
+    return predict_top_k(model, *_inference_inputs(context, model, split), context.args.eval_top_k, device)
 
 
 def _tuned_thresholds(
@@ -608,7 +615,7 @@ def _tuned_thresholds(
 ) -> np.ndarray:
     """Per-label thresholds tuned on the dev split, also written into the saved model's config."""
     truth, _ = context.vocabulary.evaluation_targets(context.splits["dev"]["labels"])
-    predictions = _split_predictions(context, model, "dev", device)
+    predictions = split_predictions(context, model, "dev", device)
     thresholds = tune_label_thresholds(truth, predictions)
     model.config.label_thresholds = thresholds.tolist()
     if context.is_main:
@@ -699,4 +706,4 @@ def _pad_id(model) -> int:
     return getattr(config, "pad_token_id", None) or 0
 
 
-__all__ = ["PlantArguments", "RunContext", "fit", "predict_top_k", "prepare_run"]
+__all__ = ["PlantArguments", "RunContext", "fit", "predict_top_k", "prepare_run", "split_predictions"]
