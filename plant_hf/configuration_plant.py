@@ -50,6 +50,12 @@ class PlantConfig(PreTrainedConfig):
         static_prior_rank (`int`, *optional*):
             Add a static prior to the attention scores: token factors of this rank for the whole vocabulary, token
             biases, and label factors, planted from a ranker trained on the MIG table alone. `None`: no prior.
+        context_gate (`bool`, *optional*, defaults to `False`):
+            Each label reads a mix of its attention context and the document's mean token state,
+            `(1 - g_l) A_l^T H + g_l mean(H)`, with a learned gate `g_l` per label (`label_context_gate`, its
+            logit). `plant-hf fit` starts the gate from the label's training frequency, near 1 for labels seen
+            once and near 0 for frequent ones, so that a label with few examples leans on the whole document
+            while its attention is still narrow and noisy.
         head_dropout (`float`, *optional*, defaults to 0.0):
             Dropout applied to the token states before the label attention.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -85,6 +91,7 @@ class PlantConfig(PreTrainedConfig):
     streaming: bool = False
     label_block_size: int | None = None
     static_prior_rank: int | None = None
+    context_gate: bool = False
     head_dropout: float = 0.0
     initializer_range: float = 0.02
     label_thresholds: list[float] | None = None

@@ -186,6 +186,7 @@ class LabelAttentionState:
 
     blocks: list[tuple[torch.Tensor, ...]]
     scores: list[list[torch.Tensor]] | None = None  # per block, per fold: (batch, tokens, block) when maps are kept
+    pooled: tuple[torch.Tensor, torch.Tensor] | None = None  # with a context gate: sum of value states, token count
 
 
 def _online_softmax_step(
@@ -279,7 +280,8 @@ class PlantLabelAttention(nn.Module):
     With a static prior (`prior_rank`), token factors `F` and token biases `f` of the vocabulary and label factors
     `E` add `F_{x_t} . E_l + f_{x_t}` to the scores, where `x_t` is the token's id. With `value_dim` the label
     weights act on a shared low-rank projection of the states (`H_t P . w_l`), which divides the cost of the
-    values and the size of the label weights by `hidden_size / value_dim`.
+    values and the size of the label weights by `hidden_size / value_dim`. With `context_gate` each label's context
+    is `(1 - g_l)` its attention context plus `g_l` the mean value state, `g_l = sigmoid(label_context_gate[l])`.
     """
 
     # The parameters that score tokens: what a ranker trains and what planting copies.
@@ -302,6 +304,7 @@ class PlantLabelAttention(nn.Module):
         vocab_size: int | None = None,
         prior_rank: int | None = None,
         value_dim: int | None = None,
+        context_gate: bool = False,
     ):
         super().__init__()
         self.key = nn.Linear(hidden_size, attention_dim, bias=False)
@@ -310,6 +313,8 @@ class PlantLabelAttention(nn.Module):
         self.value = nn.Identity() if value_dim is None else nn.Linear(hidden_size, value_dim, bias=False)
         self.label_weights = nn.Parameter(torch.empty(num_labels, value_dim or hidden_size))
         self.label_bias = nn.Parameter(torch.empty(num_labels))
+        if context_gate:
+            self.label_context_gate = nn.Parameter(torch.empty(num_labels))
         if prior_rank is not None:
             if vocab_size is None:
                 raise ValueError("A static prior needs the vocabulary size.")
@@ -326,6 +331,14 @@ class PlantLabelAttention(nn.Module):
     @property
     def has_prior(self) -> bool:
         return hasattr(self, "prior_token_factors")
+
+    @property
+    def has_context_gate(self) -> bool:
+        return hasattr(self, "label_context_gate")
+
+    def context_gates(self, labels: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """`g_l`, the share of the mean value state in each label's context (fp32)."""
+        return torch.sigmoid(self.label_context_gate[labels].float())
 
     def label_blocks(self) -> list[slice]:
         size = self.label_block_size or self.num_labels
@@ -407,7 +420,14 @@ class PlantLabelAttention(nn.Module):
         with torch.autocast(attention_mask.device.type, enabled=False):
             hidden_states = hidden_states.float()
             weights = self.document_label_weights(hidden_states, attention_mask, label_ids, input_ids)
-            return weights @ self.value(hidden_states)
+            value_states = self.value(hidden_states)
+            contexts = weights @ value_states
+            if not self.has_context_gate:
+                return contexts
+            mask = attention_mask.float()
+            mean = torch.einsum("bt,btv->bv", mask, value_states) / mask.sum(1, keepdim=True).clamp(min=1)
+            gates = self.context_gates(label_ids.clamp(min=0)).unsqueeze(-1)
+            return (1 - gates) * contexts + gates * mean.unsqueeze(1)
 
     def init_state(self, batch_size: int, device: torch.device, keep_scores: bool = False) -> LabelAttentionState:
         blocks = []
@@ -420,7 +440,11 @@ class PlantLabelAttention(nn.Module):
             else:
                 empty = torch.empty(batch_size, 0, width, device=device)
                 blocks.append((empty, empty))
-        return LabelAttentionState(blocks=blocks, scores=[[] for _ in blocks] if keep_scores else None)
+        pooled = None
+        if self.has_context_gate:
+            pooled = (torch.zeros(batch_size, self.label_weights.shape[1], device=device),
+                      torch.zeros(batch_size, device=device))  # fmt: skip
+        return LabelAttentionState(blocks=blocks, scores=[[] for _ in blocks] if keep_scores else None, pooled=pooled)
 
     def fold(
         self,
@@ -441,6 +465,10 @@ class PlantLabelAttention(nn.Module):
             hidden_states = hidden_states.float()
             keys, salience = self.project_tokens(hidden_states, attention_mask, input_ids)
             value_states = self.value(hidden_states)
+            if state.pooled is not None:
+                mask = attention_mask.float()
+                total, count = state.pooled
+                state.pooled = (total + torch.einsum("bt,btv->bv", mask, value_states), count + mask.sum(1))
             # The softmax fold keeps no (tokens x labels) tensor for the backward pass; the top-k fold does, so
             # under autograd each of its blocks is recomputed there, keeping one block's intermediates at a time.
             recompute = torch.is_grad_enabled() and len(state.blocks) > 1 and self.inattention_k is not None
@@ -483,7 +511,14 @@ class PlantLabelAttention(nn.Module):
             logits.append(weighted / total.clamp_min(torch.finfo(total.dtype).tiny))
             if state.scores is not None:
                 maps.append(_attention_map(torch.cat(state.scores[index], dim=1), running_max, total, threshold))
-        logits = torch.cat(logits, dim=-1) + self.label_bias.float()
+        logits = torch.cat(logits, dim=-1)
+        if state.pooled is not None:
+            total, count = state.pooled
+            with torch.autocast(total.device.type, enabled=False):
+                pooled = (total / count.clamp(min=1).unsqueeze(-1)) @ self.label_weights.float().T
+                gates = self.context_gates()
+                logits = (1 - gates) * logits + gates * pooled
+        logits = logits + self.label_bias.float()
         return logits, (torch.cat(maps, dim=-1).transpose(1, 2) if maps else None)
 
 
@@ -524,6 +559,8 @@ class PlantPreTrainedModel(PreTrainedModel):
             init.normal_(module.label_weights, mean=0.0, std=self.config.initializer_range)
             init.zeros_(module.label_bias)
             init.zeros_(module.salience.weight)
+            if module.has_context_gate:
+                init.zeros_(module.label_context_gate)
             if module.has_prior:
                 # Zero label factors and token biases: an unplanted prior adds nothing, yet still learns.
                 init.normal_(module.prior_token_factors, mean=0.0, std=self.config.initializer_range)
@@ -567,6 +604,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             vocab_size=config.text_config.vocab_size,
             prior_rank=config.static_prior_rank,
             value_dim=config.label_value_dim,
+            context_gate=config.context_gate,
         )
         self.post_init()
 

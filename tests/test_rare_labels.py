@@ -73,3 +73,41 @@ def test_prior_bias_initialisation_is_each_labels_log_odds():
     initialize_label_bias(model.label_attention, label_counts=[1, 5, 10], num_documents=20)
     expected = torch.tensor([math.log(1 / 19), math.log(5 / 15), 0.0])
     torch.testing.assert_close(model.label_attention.label_bias.detach(), expected)
+
+
+def test_context_gate_mixes_each_labels_attention_context_with_the_documents_mean_state():
+    from plant_hf.planting.prototypes import initialize_context_gates
+
+    gated = tiny_model("bert", num_labels=4, context_gate=True)
+    initialize_context_gates(gated.label_attention, label_counts=[1, 5, 45, 0])
+    gates = gated.label_attention.context_gates()
+    # g = k / (k + n) with k = 5; a label with no documents stops short of 1, where the sigmoid would pass no gradient.
+    torch.testing.assert_close(gates[:3], torch.tensor([5 / 6, 0.5, 0.1]))
+    assert 0.999 < gates[3] < 1.0
+    plain = tiny_model("bert", num_labels=4)
+    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k != "label_attention.label_context_gate"})
+
+    documents = cached_documents(2, [[0], [1, 2]])
+    batch = CachedDocumentCollator()([{k: v for k, v in d.items() if k != "label_ids"} for d in documents])
+    attention = gated.label_attention
+    with torch.no_grad():
+        logits = gated(**batch).logits
+        attended = plain(**batch).logits - attention.label_bias
+        for row, document in enumerate(documents):
+            # The padding of the shorter document stays out of its mean.
+            mean = document["token_states"].mean(0)
+            expected = (1 - gates) * attended[row] + gates * (attention.label_weights @ mean) + attention.label_bias
+            torch.testing.assert_close(logits[row], expected, rtol=1e-5, atol=1e-5)
+        # What prototypes are built from is what the logits read.
+        contexts = attention.label_contexts(
+            batch["token_states"], batch["attention_mask"], torch.arange(4).expand(2, 4)
+        )
+        torch.testing.assert_close(
+            logits, (contexts * attention.label_weights).sum(-1) + attention.label_bias, rtol=1e-5, atol=1e-5
+        )
+        # Chunk by chunk (streaming over the backbone) the gate reads the same mean.
+        ids = torch.randint(4, 100, (2, 20))
+        gated.config.chunk_size = 8
+        flat = gated(input_ids=ids).logits
+        gated.config.streaming = True
+        torch.testing.assert_close(gated(input_ids=ids).logits, flat, rtol=1e-4, atol=1e-4)

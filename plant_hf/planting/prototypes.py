@@ -16,6 +16,7 @@ seen once starts as a nearest-prototype classifier of its one document, not from
 must first turn towards its few examples (BENCHMARKS.md, what each rare-label mechanism does).
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,10 @@ _REFERENCE_BUDGET = 2**22
 # The most a label's logit rises from its reference context to its prototype: uncapped, well separated labels got
 # weights fine-tuning could not move, and tiny backbones diverged.
 PROTOTYPE_MARGIN = 8.0
+# Training documents at which a label's context gate starts half way between its attention and the mean state.
+CONTEXT_GATE_SHRINKAGE = 5.0
+# Keeps gates learnable: a sigmoid saturated at a label with no training documents would pass no gradient.
+_GATE_LOGIT_BOUND = 8.0
 
 
 @dataclass
@@ -145,6 +150,18 @@ def initialize_label_bias(attention: PlantLabelAttention, label_counts: Sequence
 
 
 @torch.no_grad()
+def initialize_context_gates(
+    attention: PlantLabelAttention, label_counts: Sequence[int], shrinkage: float = CONTEXT_GATE_SHRINKAGE
+) -> None:
+    """Start each label's context gate at `g_l = k / (k + n_l)` (`k`: `shrinkage`, `n_l`: the label's training
+    documents): the share of the mean state in its context falls as its examples grow, from `k / (k + 1)` for a
+    label seen once to nearly none for frequent ones."""
+    counts = torch.as_tensor(np.asarray(label_counts, dtype=np.float64), dtype=torch.float32)
+    logits = (math.log(shrinkage) - torch.log(counts.clamp(min=1e-3))).clamp(-_GATE_LOGIT_BOUND, _GATE_LOGIT_BOUND)
+    attention.label_context_gate.copy_(logits.to(attention.label_context_gate))
+
+
+@torch.no_grad()
 def initialize_label_weights(
     attention: PlantLabelAttention,
     prototypes: LabelPrototypes,
@@ -163,8 +180,10 @@ def initialize_label_weights(
 
 
 __all__ = [
+    "CONTEXT_GATE_SHRINKAGE",
     "PROTOTYPE_MARGIN",
     "LabelPrototypes",
+    "initialize_context_gates",
     "initialize_label_bias",
     "initialize_label_weights",
     "label_prototypes",

@@ -29,7 +29,12 @@ from ..metrics import TopKPredictions, as_truth_matrix, evaluate_predictions, th
 from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting import MIGTable, build_mig_table, tokenizer_fingerprint
 from ..planting.pretraining import RankerTrainingArguments
-from ..planting.prototypes import initialize_label_bias, initialize_label_weights, label_prototypes
+from ..planting.prototypes import (
+    initialize_context_gates,
+    initialize_label_bias,
+    initialize_label_weights,
+    label_prototypes,
+)
 from ..planting.transplant import load_ranker, plant
 from .evaluation import XMCComputeMetrics, format_metrics_table, plot_frequency_buckets, top_k_logits, write_report
 from .pretrain import RankerSetup, pretrain_ranker, ranking_model
@@ -140,6 +145,14 @@ class PlantArguments:
             "contexts the (planted) attention reads in each label's training documents, so that a label seen once "
             "starts as a nearest-prototype classifier; prior: random weights, biases at each label's prior log-odds; "
             "random: random weights, zero biases."
+        },
+    )
+    context_gate: bool = field(
+        default=False,
+        metadata={
+            "help": "Each label reads a learned mix of its attention context and the document's mean state, the "
+            "mix started from the label's training frequency (PlantConfig.context_gate): labels seen once lean on "
+            "the whole document, frequent ones on their attention."
         },
     )
     label_attention_dim: int | None = field(default=None, metadata={"help": "Key space size (default: hidden)."})
@@ -430,6 +443,7 @@ def classifier(context: RunContext, quantize: bool = False) -> PlantForMultiLabe
         inattention_k=args.inattention_k,
         label_block_size=args.label_block_size,
         static_prior_rank=args.prior_rank if args.planting in ("static", "both") else None,
+        context_gate=args.context_gate,
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
         **extra,
@@ -477,8 +491,11 @@ def finetune_stage(context: RunContext, ranker: Path | None) -> Path:
 
 
 def _initialize_labels(context: RunContext, model: PlantForMultiLabelClassification) -> None:
-    """Start the label weights and biases as `--label_init` says, from the training split only."""
+    """Start the context gates from the label frequencies and the label weights and biases as `--label_init` says,
+    from the training split only."""
     vocabulary, attention = context.vocabulary, model.label_attention
+    if attention.has_context_gate:
+        initialize_context_gates(attention, vocabulary.counts)
     if context.args.label_init == "prior":
         initialize_label_bias(attention, vocabulary.counts, vocabulary.num_documents)
     elif context.args.label_init == "prototype":
@@ -663,6 +680,7 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
         finetuning={
             "mode": args.backbone_mode,
             "label init": args.label_init,
+            "context gate": args.context_gate,
             "epoch ceiling": training.num_train_epochs,
             "head lr": training.learning_rate,
             "planted attention lr": training.learning_rate * training.planted_lr_fraction,
