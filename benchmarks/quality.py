@@ -46,6 +46,8 @@ SYSTEM_NAMES = {
     "xr-linear": "XR-Linear",
 }
 BUCKET_METRICS = ("P@5", "PSP@5", "R@5")
+# The random-init head's options where fit's defaults differ: random label weights, no context gate.
+LAAT_HEAD = (("label_init", "random"), ("context_gate", "false"))
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,10 @@ def recorded(run: Callable[[], dict], output: Path) -> dict:
 
 
 def run_head(data: str, planting: str, seed: int, fraction: float, work: Path, budget: Budget) -> dict:
-    if planting == "none":  # the random-init head starts from nothing, label weights included, unless --set says
-        budget = dataclasses.replace(budget, overrides=(("label_init", "random"), *budget.overrides))
+    if planting == "none":  # the random-init head is LAAT's: nothing started from the data, unless --set says
+        defaults = PlantArguments()
+        laat = tuple((key, value) for key, value in LAAT_HEAD if str(getattr(defaults, key)).lower() != value)
+        budget = dataclasses.replace(budget, overrides=(*laat, *budget.overrides))
     output = budget.folder(work, f"{planting}-seed{seed}-frac{fraction:g}")
     settings = plant_arguments(data, planting, fraction, work / "cache", budget)
 

@@ -27,7 +27,7 @@ RULES = {
     "own from 5 dev examples (default)": lambda truth, predictions: tune_label_thresholds(truth, predictions),
 }
 SYSTEMS = {"PLANT": ("contextual", r"contextual-seed(\d+)-frac1"),
-           "random-init head": ("none", r"none-seed(\d+)-frac1-label_init=random")}  # fmt: skip
+           "random-init head": ("none", r"none-seed(\d+)-frac1-label_init=random-context_gate=false")}  # fmt: skip
 
 
 def run_scores(data: str, work: Path, folder: Path, planting: str, seed: int, scratch: Path) -> dict[str, float]:

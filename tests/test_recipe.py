@@ -124,7 +124,11 @@ def test_lora_fine_tuning_lowers_the_loss_and_reloads_identically(workspace, tmp
     assert losses[-1] < losses[0]
     merged = PlantForMultiLabelClassification.from_pretrained(run / "model").eval()
     base = PlantForMultiLabelClassification.from_backbone(
-        str(workspace / family), id2label=merged.config.id2label, chunk_size=32, max_chunks=2
+        str(workspace / family),
+        id2label=merged.config.id2label,
+        chunk_size=32,
+        max_chunks=2,
+        context_gate=merged.config.context_gate,
     )
     adapted = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
     ids = random_ids(2, 40)

@@ -148,11 +148,11 @@ class PlantArguments:
         },
     )
     context_gate: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "Each label reads a learned mix of its attention context and the document's mean state, the "
             "mix started from the label's training frequency (PlantConfig.context_gate): labels seen once lean on "
-            "the whole document, frequent ones on their attention."
+            "the whole document, frequent ones on their attention. --context_gate false: attention alone."
         },
     )
     label_attention_dim: int | None = field(default=None, metadata={"help": "Key space size (default: hidden)."})
