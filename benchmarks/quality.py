@@ -10,8 +10,9 @@ PLANT and the random-init head (those of them in `--systems`) are also trained o
 efficiency, with a plot). Each run keeps its report and wall time in its folder (`benchmark_run.json`, in a folder named
 by system, seed, share of the data and, when set, `--rank`, `--epochs`, `--set` and `--bf16`): run the same command
 again after an interruption, or with more seeds, and finished runs are read back instead of trained again (an unfinished
-one starts over). The tables for BENCHMARKS.md are written to `<work>/<dataset>/quality.md`, a plot of PSP@5 by label
-frequency to `buckets.png` beside it."""
+PLANT or random-init run continues where it stopped, with `plant-hf fit --resume`, its wall time summed over the
+attempts; any other unfinished run starts over). The tables for BENCHMARKS.md are written to
+`<work>/<dataset>/quality.md`, a plot of PSP@5 by label frequency to `buckets.png` beside it."""
 
 import argparse
 import dataclasses
@@ -22,6 +23,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,15 +91,51 @@ def training_arguments(output: Path, seed: int, budget: Budget) -> PlantTraining
                                   use_cpu=not torch.cuda.is_available(), disable_tqdm=True)  # fmt: skip
 
 
-def recorded(run: Callable[[], dict], output: Path) -> dict:
-    """A run's report with its wall time, kept in its folder: an interrupted benchmark resumes at the next run."""
-    record = output / "benchmark_run.json"
+class Stopwatch:
+    """A run's wall time across interruptions: the seconds spent so far are written to `path` every `every` seconds
+    (and at the end), and a watch started again on the same path adds to them."""
+
+    def __init__(self, path: Path, every: float = 30.0):
+        self.path, self.every, self.stopped = path, every, threading.Event()
+        self.spent = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+
+    def seconds(self) -> float:
+        return self.spent + time.perf_counter() - self.started
+
+    def write(self) -> None:
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps({"seconds": self.seconds()}))
+        partial.replace(self.path)
+
+    def __enter__(self) -> "Stopwatch":
+        self.started = time.perf_counter()
+        self.thread = threading.Thread(target=self._tick, daemon=True)
+        self.thread.start()
+        return self
+
+    def _tick(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.write()
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.write()
+
+
+def recorded(run: Callable[[], dict], output: Path, resumable: bool = False) -> dict:
+    """A run's report with its wall time, kept in its folder: an interrupted benchmark resumes at the next run. An
+    unfinished run starts over, unless it is `resumable` (a fit run: it continues from its finished stages and last
+    checkpoint, and its wall time adds the interrupted attempts' to its own)."""
+    record, elapsed = output / "benchmark_run.json", output / "benchmark_elapsed.json"
     if record.exists():
         return json.loads(record.read_text())
-    shutil.rmtree(output, ignore_errors=True)  # an unfinished run starts over, so that its wall time is whole
-    output.mkdir(parents=True)
-    started = time.perf_counter()
-    report = {**run(), "seconds": time.perf_counter() - started}
+    if not (resumable and elapsed.exists()):
+        shutil.rmtree(output, ignore_errors=True)
+        output.mkdir(parents=True)
+    with Stopwatch(elapsed) as watch:
+        report = run()
+    report["seconds"] = watch.seconds()
     record.write_text(json.dumps(report, default=float))
     return report
 
@@ -108,14 +146,14 @@ def run_head(data: str, planting: str, seed: int, fraction: float, work: Path, b
         laat = tuple((key, value) for key, value in LAAT_HEAD if str(getattr(defaults, key)).lower() != value)
         budget = dataclasses.replace(budget, overrides=(*laat, *budget.overrides))
     output = budget.folder(work, f"{planting}-seed{seed}-frac{fraction:g}")
-    settings = plant_arguments(data, planting, fraction, work / "cache", budget)
+    settings = dataclasses.replace(plant_arguments(data, planting, fraction, work / "cache", budget), resume=True)
 
     def run() -> dict:
         report = fit(settings, training_arguments(output, seed, budget))
         lengths = json.loads((output / "model" / TRAINING_INFO_FILE).read_text())["stages"]
         return {**report, "epochs": {stage: length["epochs"] for stage, length in lengths.items()}}
 
-    return recorded(run, output)
+    return recorded(run, output, resumable=True)
 
 
 def run_linear(data: str, seed: int, work: Path, budget: Budget) -> dict:

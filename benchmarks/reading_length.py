@@ -7,10 +7,11 @@ For each chunk limit in `--chunks` (fit's `--max_chunks`, in fit's chunks of 256
   tokenisation and chunking;
 - what it costs with a frozen backbone: the cache's size (every split's kept tokens x hidden size x 2 bytes, exactly
   what the fp16 cache holds) and the encoding's minutes, extrapolated by token count from timing the encoding of a
-  seeded sample of `--sample` training documents at that limit (the backbone's cost is linear in the chunks read);
+  seeded sample of `--sample` training documents at that limit (the backbone's cost is linear in the chunks read;
+  the timing is kept in `<work>/<dataset>/reading-timing`);
 - what it buys: PECOS XR-Linear (benchmarks/xr_linear.py, TF-IDF) trained and tested on every text cut where fit's
   limit cuts it, and a row for the whole texts: how much of the labels' evidence lies past the limit, for a model that
-  reads every word it is given;
+  reads every word it is given (test P@5, PSP@5, macro-F1 at 0.5 and PSP@5 on labels seen 1-5 times in training);
 - with `--systems`, the neural systems of `benchmarks/quality.py` trained on the frozen states of that reading, exactly
   as there (`linear`; `plant` and `random` on `--fraction` of the training split): each limit then encodes the whole
   corpus (hours on 2 CPU cores for long documents; minutes on a GPU).
@@ -56,16 +57,21 @@ def coverage(context) -> dict:
     return splits
 
 
-def encoding_seconds(context, sample: int, seed: int) -> float:
+def encoding_seconds(context, sample: int, seed: int, record: Path) -> float:
     """Seconds the frozen backbone takes to encode every split at this limit, extrapolated by token count from a
-    timed sample of training documents."""
+    timed sample of training documents; kept in `record`, so that the table is redrawn without timing again."""
+    if record.exists():
+        return json.loads(record.read_text())["seconds"]
     tokenized = context.tokenized("train")
     rows = sorted(random.Random(seed).sample(range(len(tokenized)), min(sample, len(tokenized))))
     subset, model = tokenized.select(rows), classifier(context)
     TokenStateCache.build(model, subset.select([0]), key="warm-up", progress=False)  # one-off costs stay out
     cache = TokenStateCache.build(model, subset, key="timing", progress=False)
     total = sum(sum(context.tokenized(split)["num_tokens"]) for split in ("train", "dev", "test"))
-    return cache.info["encode_seconds"] * total / max(1, sum(subset["num_tokens"]))
+    seconds = cache.info["encode_seconds"] * total / max(1, sum(subset["num_tokens"]))
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"seconds": seconds, "sample": sample, "seed": seed}))
+    return seconds
 
 
 def cut_texts(context, data: Path, chunks: int | None, folder: Path) -> Path:
@@ -102,6 +108,8 @@ def reading_cells(splits: dict, seconds: float, hidden: int) -> list[str]:
 
 def metric_cells(report: dict, epochs: bool = True) -> list[str]:
     cells = [f"{100 * report[name]:.2f}" for name in ("P@5", "PSP@5", "macro_f1")]
+    rare = report["by_frequency"].get("1-5")  # labels seen 1-5 times in training
+    cells.append("-" if rare is None else f"{100 * rare['PSP@5']:.2f}")
     if epochs:
         cells.append(" + ".join(f"{value:g}" for value in report["epochs"].values()))
     return [*cells, f"{report['seconds'] / 60:.1f}"]
@@ -129,9 +137,9 @@ def main() -> None:
     work = Path(args.work) / Path(args.data).name
     work.mkdir(parents=True, exist_ok=True)
     header = ["chunks", "tokens read %", "documents whole %", "encoding min", "cache GiB",
-              "XR-Linear P@5", "PSP@5", "macro-F1", "min"]  # fmt: skip
+              "XR-Linear P@5", "PSP@5", "macro-F1", "PSP@5 1-5", "min"]  # fmt: skip
     for system in args.systems:
-        header += [f"{quality.SYSTEM_NAMES[system]} P@5", "PSP@5", "macro-F1", "epochs", "min"]
+        header += [f"{quality.SYSTEM_NAMES[system]} P@5", "PSP@5", "macro-F1", "PSP@5 1-5", "epochs", "min"]
     lines, results = [], {}
     for chunks in [*args.chunks, None]:
         context = reading_context(args.data, chunks, work)
@@ -143,7 +151,8 @@ def main() -> None:
             results[name] = {"xr-linear": xr}
             continue
         splits = coverage(context)
-        seconds = encoding_seconds(context, args.sample, args.seed)
+        timing = work / "reading-timing" / f"chunks{name}-sample{args.sample}-seed{args.seed}.json"
+        seconds = encoding_seconds(context, args.sample, args.seed, timing)
         row = [name, *reading_cells(splits, seconds, AutoConfig.from_pretrained(context.backbone).hidden_size)]
         row += metric_cells(xr, epochs=False)
         reports = {system: run_system(system, args, work, chunks) for system in args.systems}
