@@ -238,6 +238,8 @@ def plot_efficiency(efficiency: dict, path: Path, title: str) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("P@5", "PSP@5"), strict=True):
         for system, style in (("contextual", "o-"), ("none", "s--")):
+            if system not in efficiency:
+                continue
             points = sorted((float(fraction), runs[metric]["mean"], runs[metric]["std"])
                             for fraction, runs in efficiency[system].items())  # fmt: skip
             x, y, error = (np.array(column) for column in zip(*points, strict=True))
@@ -304,8 +306,8 @@ def markdown(results: dict) -> str:
         row = [" / ".join(f"{100 * summary['by_frequency'][bucket][m]['mean']:.2f}" for m in BUCKET_METRICS)
                for bucket in buckets]  # fmt: skip
         lines.append(f"| {system} | " + " | ".join(row) + " |")
-    for planting, fractions in results["efficiency"].items():
-        if planting == "contextual":
+    for index, (planting, fractions) in enumerate(results["efficiency"].items()):
+        if index == 0:
             lines += ["", "| % of train | " + " | ".join(f"{100 * float(f):g}" for f in fractions) + " |",
                       "|---" * (len(fractions) + 1) + "|"]  # fmt: skip
         for metric in ("P@5", "PSP@5"):
