@@ -296,12 +296,15 @@ def markdown(results: dict) -> str:
 
     shown = (*METRICS, "macro_f1@0.5")
     lines = ["| system | " + " | ".join(shown) + " | epochs | minutes |", "|---" * (len(shown) + 3) + "|"]
+    if not results["systems"]:  # only shares of the training split were asked for
+        lines = []
     for system, summary in results["systems"].items():
         minutes = f"{summary['seconds']['mean'] / 60:.1f}"
         row = " | ".join(cell(summary[m]) for m in shown)
         lines.append(f"| {system} | {row} | {epochs(summary) or '-'} | {minutes} |")
-    buckets = list(next(iter(results["systems"].values()))["by_frequency"])
-    lines += ["", "| system | " + " | ".join(buckets) + " |", "|---" * (len(buckets) + 1) + "|"]
+    buckets = list(next(iter(results["systems"].values()), {}).get("by_frequency", {}))
+    if buckets:
+        lines += ["", "| system | " + " | ".join(buckets) + " |", "|---" * (len(buckets) + 1) + "|"]
     for system, summary in results["systems"].items():
         row = [" / ".join(f"{100 * summary['by_frequency'][bucket][m]['mean']:.2f}" for m in BUCKET_METRICS)
                for bucket in buckets]  # fmt: skip
@@ -322,7 +325,13 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/plant-quality")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=float, help="cap the epochs of every head (default: fit's, early stopping)")
-    parser.add_argument("--fractions", type=float, nargs="*", default=[], help="shares of the training split")
+    parser.add_argument(
+        "--fractions",
+        type=float,
+        nargs="*",
+        default=[],
+        help="shares of the training split; the full-data table is made only when 1 is among them",
+    )
     parser.add_argument("--rank", type=int, help="label_attention_dim and label_value_dim of the heads (low rank)")
     parser.add_argument(
         "--set",
@@ -352,7 +361,7 @@ def main() -> None:
         "random": lambda seed: run_head(args.data, "none", seed, 1.0, work, budget),
         "linear": lambda seed: run_linear(args.data, seed, work, budget),
     }
-    for system in args.systems:
+    for system in args.systems if not args.fractions or 1.0 in args.fractions else ():
         if system == "xr-linear":
             results["systems"][system] = summarise([run_xr_linear(args.data, work)])
         else:
@@ -367,7 +376,8 @@ def main() -> None:
                        for seed in args.seeds])
             for fraction in args.fractions
         }  # fmt: skip
-    plot_buckets(results["systems"], work / "buckets.png", f"{Path(args.data).name}: PSP@5 by label frequency")
+    if results["systems"]:
+        plot_buckets(results["systems"], work / "buckets.png", f"{Path(args.data).name}: PSP@5 by label frequency")
     if args.fractions:
         plot_efficiency(results["efficiency"], work / "data_efficiency.png", Path(args.data).name)
     (work / "quality.json").write_text(json.dumps(results, indent=1, default=float))
