@@ -140,11 +140,18 @@ def recorded(run: Callable[[], dict], output: Path, resumable: bool = False) -> 
     return report
 
 
+def head_budget(planting: str, budget: Budget) -> Budget:
+    """The budget a head runs under: the random-init head is LAAT's, nothing started from the data, unless --set says
+    otherwise (only the options where fit's defaults differ are added, so that its folder name says what differs)."""
+    if planting != "none":
+        return budget
+    defaults = PlantArguments()
+    laat = tuple((key, value) for key, value in LAAT_HEAD if str(getattr(defaults, key)).lower() != value)
+    return dataclasses.replace(budget, overrides=(*laat, *budget.overrides))
+
+
 def run_head(data: str, planting: str, seed: int, fraction: float, work: Path, budget: Budget) -> dict:
-    if planting == "none":  # the random-init head is LAAT's: nothing started from the data, unless --set says
-        defaults = PlantArguments()
-        laat = tuple((key, value) for key, value in LAAT_HEAD if str(getattr(defaults, key)).lower() != value)
-        budget = dataclasses.replace(budget, overrides=(*laat, *budget.overrides))
+    budget = head_budget(planting, budget)
     output = budget.folder(work, f"{planting}-seed{seed}-frac{fraction:g}")
     settings = dataclasses.replace(plant_arguments(data, planting, fraction, work / "cache", budget), resume=True)
 
@@ -168,7 +175,6 @@ def train_linear(data: str, seed: int, output: Path, cache: Path, budget: Budget
     context = prepare_run(plant_arguments(data, "none", 1.0, cache, budget), training)
     encoder = classifier(context)
     documents = {split: context.cached(split, encoder) for split in ("train", "dev", "test")}
-    reading = {split: reading_record(context.tokenized(split), documents[split].cache) for split in documents}
     torch.manual_seed(seed)
     head = MeanPooledLinearHead(encoder.config.text_config.hidden_size, len(context.vocabulary))
     trainer = XMCTrainer(
@@ -186,15 +192,7 @@ def train_linear(data: str, seed: int, output: Path, cache: Path, budget: Budget
     predictions = predict_top_k(head.eval(), documents["test"], CachedDocumentCollator(), 100)
     truth, _ = context.vocabulary.evaluation_targets(context.splits["test"]["labels"])
     report = evaluate_predictions(truth, predictions, context.vocabulary.counts, context.vocabulary.num_documents)
-    return {**report, "epochs": {"fine-tuning": training_summary(trainer)["epochs"]}, "reading": reading}
-
-
-def reading_record(tokenized, cache) -> dict:
-    """What the chunk limit let through and what reading it cost: tokens kept and dropped, documents cut, the
-    encoding's seconds (of the run that built the cache) and the cache's size."""
-    return {"documents": len(tokenized), "truncated_documents": sum(count > 0 for count in tokenized["dropped_tokens"]),
-            "kept_tokens": sum(tokenized["num_tokens"]), "dropped_tokens": sum(tokenized["dropped_tokens"]),
-            "encode_seconds": cache.info.get("encode_seconds"), "cache_bytes": cache.states.nbytes}  # fmt: skip
+    return {**report, "epochs": {"fine-tuning": training_summary(trainer)["epochs"]}}
 
 
 def run_xr_linear(data: str, work: Path) -> dict:
@@ -295,9 +293,8 @@ def markdown(results: dict) -> str:
         return " + ".join(f"{stages[stage]['mean']:.1f}" for stage in ("ranker", "fine-tuning") if stage in stages)
 
     shown = (*METRICS, "macro_f1@0.5")
-    lines = ["| system | " + " | ".join(shown) + " | epochs | minutes |", "|---" * (len(shown) + 3) + "|"]
-    if not results["systems"]:  # only shares of the training split were asked for
-        lines = []
+    header = ["| system | " + " | ".join(shown) + " | epochs | minutes |", "|---" * (len(shown) + 3) + "|"]
+    lines = header if results["systems"] else []  # without it, only shares of the training split were asked for
     for system, summary in results["systems"].items():
         minutes = f"{summary['seconds']['mean'] / 60:.1f}"
         row = " | ".join(cell(summary[m]) for m in shown)

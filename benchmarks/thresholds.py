@@ -26,8 +26,14 @@ RULES = {
     "each label's own": lambda truth, predictions: tune_label_thresholds(truth, predictions, min_positives=1),
     "own from 5 dev examples (default)": lambda truth, predictions: tune_label_thresholds(truth, predictions),
 }
-SYSTEMS = {"PLANT": ("contextual", r"contextual-seed(\d+)-frac1"),
-           "random-init head": ("none", r"none-seed(\d+)-frac1-label_init=random-context_gate=false")}  # fmt: skip
+
+
+def run_folder_pattern(planting: str) -> str:
+    """The folder name quality.py gives a full-data run with fit's defaults, the seed as the regex group."""
+    return quality.head_budget(planting, quality.Budget()).folder(Path(), rf"{planting}-seed(\d+)-frac1").name
+
+
+SYSTEMS = {"PLANT": "contextual", "random-init head": "none"}
 
 
 def run_scores(data: str, work: Path, folder: Path, planting: str, seed: int, scratch: Path) -> dict[str, float]:
@@ -53,7 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work) / Path(args.data).name
     lines = ["| system | seeds | " + " | ".join(RULES) + " |", "|---" * (len(RULES) + 2) + "|"]
-    for system, (planting, pattern) in SYSTEMS.items():
+    for system, planting in SYSTEMS.items():
+        pattern = run_folder_pattern(planting)
         finished = [folder for folder in work.iterdir() if (folder / "benchmark_run.json").exists()]
         runs = sorted((int(match[1]), folder) for folder in finished if (match := re.fullmatch(pattern, folder.name)))
         if not runs:
