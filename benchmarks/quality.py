@@ -36,8 +36,8 @@ from baselines import MeanPooledLinearHead
 from plant_hf.cache import CachedDocumentCollator
 from plant_hf.hub import TRAINING_INFO_FILE
 from plant_hf.metrics import evaluate_predictions
+from plant_hf.recipe import PlantArguments, classifier, fit, predict_top_k, prepare_run
 from plant_hf.training.evaluation import XMCComputeMetrics, evaluate_prediction_file, top_k_logits
-from plant_hf.training.recipe import PlantArguments, classifier, fit, predict_top_k, prepare_run
 from plant_hf.training.trainer import PlantTrainingArguments, XMCTrainer, training_summary
 
 METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "macro_f1")

@@ -31,7 +31,7 @@ import quality
 from transformers import AutoConfig
 
 from plant_hf.cache import TokenStateCache
-from plant_hf.training.recipe import classifier, prepare_run
+from plant_hf.recipe import classifier, prepare_run
 
 SYSTEMS = ("linear", "plant", "random")
 

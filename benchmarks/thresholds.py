@@ -17,8 +17,9 @@ from pathlib import Path
 
 import quality
 
+from plant_hf import PlantForMultiLabelClassification
 from plant_hf.metrics import as_truth_matrix, threshold_metrics, tune_label_thresholds
-from plant_hf.training.recipe import PlantForMultiLabelClassification, prepare_run, split_predictions
+from plant_hf.recipe import prepare_run, split_predictions
 
 RULES = {
     "0.5 for all": lambda truth, predictions: 0.5,

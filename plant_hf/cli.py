@@ -219,22 +219,15 @@ def run_push(args: PushArguments) -> None:
     print(f"pushed {args.folder} -> {url}")
 
 
-def run_mig(args):
-    from .training.pretrain import run_mig
+def _recipe(stages: str) -> Callable[..., Any]:
+    """A command running the recipe's stages up to `stages` (`build_mig`, `pretrain` or `fit`)."""
 
-    return run_mig(args)
+    def run(args, training):
+        from . import recipe
 
+        return getattr(recipe, stages)(args, training)
 
-def run_pretrain(args, training):
-    from .training.pretrain import run_pretrain
-
-    return run_pretrain(args, training)
-
-
-def run_fit(args, training):
-    from .training.recipe import fit
-
-    return fit(args, training)
+    return run
 
 
 @dataclass
@@ -242,26 +235,36 @@ class Command:
     arguments: tuple[type, ...]
     run: Callable[..., Any]
     help: str
+    # The recipe's commands parse one dataclass per stage (a group of --help each) and run on their union.
+    recipe: bool = False
 
 
 def _commands() -> dict[str, Command]:
-    from .planting.pretraining import RankerTrainingArguments
-    from .training.pretrain import MigArguments, PretrainArguments
-    from .training.recipe import PlantArguments
+    from .recipe import STAGE_ARGUMENTS
     from .training.trainer import PlantTrainingArguments
 
+    recipe = (*STAGE_ARGUMENTS, PlantTrainingArguments)
     return {
         "fit": Command(
-            (PlantArguments, PlantTrainingArguments),
-            run_fit,
+            recipe,
+            _recipe("fit"),
             "The whole recipe: MIG -> ranker -> plant -> fine-tune -> evaluate -> model card (no arguments: a demo "
             "on a built-in corpus with the offline MiniLM). Also takes a YAML/JSON file of the same options.",
+            recipe=True,
         ),
-        "mig": Command((MigArguments,), run_mig, "Build the MIG table of a training split (token-label evidence)."),
+        "mig": Command(
+            recipe,
+            _recipe("build_mig"),
+            "The recipe's MIG table of the training split (token-label evidence) into <output_dir>/mig; fit's "
+            "options, and fit on the same folder reuses it.",
+            recipe=True,
+        ),
         "pretrain": Command(
-            (PretrainArguments, RankerTrainingArguments),
-            run_pretrain,
-            "Pretrain the label attention as a ranker of tokens by MIG grade (planting, step 2).",
+            recipe,
+            _recipe("pretrain"),
+            "The recipe up to the ranker (MIG table, then the label attention pretrained to rank tokens by MIG "
+            "grade) into <output_dir>; fit's options, and fit on the same folder reuses both.",
+            recipe=True,
         ),
         "evaluate": Command((EvaluateArguments,), run_evaluate, "Score a prediction file: JSON report and PNG plot."),
         "predict": Command((PredictArguments,), run_predict, "Predict labels of documents (JSON lines in and out)."),
@@ -282,28 +285,56 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
     for name, command in _commands().items():
         commands.add_parser(
-            name, dataclass_types=list(command.arguments), help=command.help, description=command.arguments[0].__doc__
+            name,
+            dataclass_types=list(command.arguments),
+            help=command.help,
+            description=command.help if len(command.arguments) > 1 else command.arguments[0].__doc__,
         )
     return parser
 
 
 def parse_command(argv: Sequence[str]) -> tuple[str, list[Any]]:
-    """The subcommand and its argument dataclasses, from options or from one YAML/JSON file of them."""
+    """The subcommand and its argument dataclasses (for the recipe's commands: its options and Trainer's), from
+    options or from one YAML/JSON file of them."""
     commands = _commands()
     if len(argv) == 2 and argv[0] in commands and argv[1].endswith((".yaml", ".yml", ".json")):
-        parser = HfArgumentParser(commands[argv[0]].arguments)
+        name, parser = argv[0], HfArgumentParser(commands[argv[0]].arguments)
         read = parser.parse_json_file if argv[1].endswith(".json") else parser.parse_yaml_file
-        return argv[0], list(read(argv[1]))
-    namespace = build_parser().parse_args(argv)
-    return namespace.command, [
-        kind(**{item.name: getattr(namespace, item.name) for item in dataclasses.fields(kind) if item.init})
-        for kind in commands[namespace.command].arguments
-    ]
+        parts = list(read(argv[1]))
+    else:
+        namespace = build_parser().parse_args(argv)
+        name, parts = (
+            namespace.command,
+            [
+                kind(**{item.name: getattr(namespace, item.name) for item in dataclasses.fields(kind) if item.init})
+                for kind in commands[namespace.command].arguments
+            ],
+        )
+    if commands[name].recipe:
+        from .recipe import PlantArguments
+
+        parts = [PlantArguments.from_stages(*parts[:-1]), parts[-1]]
+    return name, parts
+
+
+def _log_to_stdout() -> None:
+    """The library's progress messages (plant_hf's loggers, at INFO) on standard output, as the command's own."""
+    import logging
+
+    logger = logging.getLogger("plant_hf")
+    if not any(getattr(handler, "plant_hf_cli", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.plant_hf_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; errors about the input end it with their message and exit status 2."""
     name, arguments = parse_command(list(sys.argv[1:] if argv is None else argv))
+    _log_to_stdout()
     try:
         _commands()[name].run(*arguments)
     except (ValueError, FileNotFoundError) as error:

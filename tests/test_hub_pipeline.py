@@ -16,7 +16,7 @@ from plant_hf import PlantClassificationPipeline
 from plant_hf.data.synthetic import synthetic_vocabulary, write_synthetic_corpus
 from plant_hf.explanation import explanation_page
 from plant_hf.hub import TrainingInfo, push_to_hub, write_model_card
-from plant_hf.training.recipe import PlantArguments, fit
+from plant_hf.recipe import PlantArguments, fit
 from plant_hf.training.trainer import PlantTrainingArguments
 
 from conftest import run_without_plant_hf, save_backbone, tiny_model

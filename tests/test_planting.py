@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -13,10 +14,10 @@ from plant_hf import PlantForMultiLabelClassification
 from plant_hf.data.synthetic import write_synthetic_corpus
 from plant_hf.planting import ArtifactMismatchError, MIGTable, build_mig_table
 from plant_hf.planting.mig import normalized_mutual_information, rank_grades
-from plant_hf.planting.pretraining import RankerTrainingArguments
 from plant_hf.planting.ranking import approx_ndcg_loss, ndcg_at_k
 from plant_hf.planting.transplant import load_ranker, plant
-from plant_hf.training.pretrain import MigArguments, PretrainArguments, run_mig, run_pretrain
+from plant_hf.recipe import PlantArguments, build_mig, pretrain
+from plant_hf.training.trainer import PlantTrainingArguments
 
 from conftest import save_backbone, synthetic_corpus_words, tiny_model, word_tokenizer
 
@@ -108,48 +109,47 @@ def test_mig_table_round_trips_and_refuses_other_tokenizers_and_labels(tmp_path)
         loaded.check_compatible(tokenizer, [*table.config.labels[:-1], "another label"])
 
 
+def options(root, **overrides) -> PlantArguments:
+    """The recipe's options for the planting tests: the tiny corpus and backbone, short chunks, few epochs."""
+    defaults = dict(data=str(root / "corpus"), backbone=str(root / "backbone"), chunk_size=64, max_chunks=4,
+                    prior_rank=8, mig_top_k=32, ranker_epochs=6, ranker_learning_rate=2e-2)  # fmt: skip
+    return PlantArguments(**{**defaults, **overrides})
+
+
+def run_folder(path) -> PlantTrainingArguments:
+    return PlantTrainingArguments(output_dir=str(path), seed=0, use_cpu=True, report_to=[])
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("planting")
-    corpus = write_synthetic_corpus(root / "corpus", {"train": 240, "dev": 60, "test": 60}, num_labels=16)
-    backbone = save_backbone(root / "backbone")
-    run_mig(MigArguments(data=str(corpus), backbone=backbone, output=str(root / "mig"), top_k=32))
+    write_synthetic_corpus(root / "corpus", {"train": 240, "dev": 60, "test": 60}, num_labels=16)
+    save_backbone(root / "backbone")
+    build_mig(options(root), run_folder(root / "run"))
     return root
 
 
-def pretrain(root, name, **kwargs):
-    training = RankerTrainingArguments(**{"epochs": 6, "learning_rate": 2e-2, **kwargs.pop("training", {})})
-    arguments = PretrainArguments(
-        data=str(root / "corpus"),
-        backbone=str(root / kwargs.pop("backbone", "backbone")),
-        mig=str(root / "mig"),
-        output=str(root / name),
-        chunk_size=64,
-        max_chunks=4,
-        prior_rank=8,
-        **kwargs,
-    )
-    return run_pretrain(arguments, training)
+def pretrain_ranker(root, name, **overrides):
+    return pretrain(options(root, **overrides), run_folder(root / name))
 
 
 def test_mig_never_reads_dev_or_test_documents(workspace, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "train.jsonl").write_text((workspace / "corpus" / "train.jsonl").read_text())
-    (corpus / "dev.jsonl").write_text("this is not JSON\n")
-    (corpus / "test.jsonl").write_text("neither is this\n")
-    run_mig(
-        MigArguments(data=str(corpus), backbone=str(workspace / "backbone"), output=str(tmp_path / "mig"), top_k=32)
-    )
-    same = MIGTable.load(tmp_path / "mig")
-    reference = MIGTable.load(workspace / "mig")
+    other = write_synthetic_corpus(tmp_path / "other", {"dev": 60, "test": 60}, num_labels=16, seed=7)
+    for split in ("dev", "test"):
+        (corpus / f"{split}.jsonl").write_text((other / f"{split}.jsonl").read_text())
+    build_mig(options(workspace, data=str(corpus)), run_folder(tmp_path / "run"))
+    same = MIGTable.load(tmp_path / "run" / "mig")
+    reference = MIGTable.load(workspace / "run" / "mig")
     np.testing.assert_array_equal(same.token_ids, reference.token_ids)
     np.testing.assert_array_equal(same.scores, reference.scores)
 
 
 @pytest.fixture(scope="module")
 def contextual_ranker(workspace):
-    return pretrain(workspace, "ranker", ranker="contextual", cache_dir=str(workspace / "cache"))
+    return pretrain_ranker(workspace, "ranker", planting="contextual", cache_dir=str(workspace / "cache"))
 
 
 def test_contextual_ranker_ndcg_rises_and_beats_random_init(contextual_ranker):
@@ -161,7 +161,7 @@ def test_contextual_ranker_ndcg_rises_and_beats_random_init(contextual_ranker):
 
 
 def test_static_ranker_learns_from_the_mig_table_alone(workspace):
-    folder = pretrain(workspace, "static-ranker", ranker="static", training={"static_epochs": 30})
+    folder = pretrain_ranker(workspace, "static-ranker", planting="static", ranker_static_epochs=30)
     ranker = load_ranker(folder)
     assert set(ranker.state) == {"prior_token_factors", "prior_token_bias", "prior_label_factors"}
     metrics = ranker.config.metrics["static"]
@@ -221,46 +221,21 @@ def test_artifacts_for_other_labels_or_tokenizers_are_refused(workspace, context
     )
     with pytest.raises(ArtifactMismatchError, match="splits text differently"):
         plant(same_labels, contextual_ranker, tokenizer=word_tokenizer(["a", "b"]))
-    static = pretrain(workspace, "prior-ranker", ranker="static", training={"epochs": 1})
+    static = pretrain_ranker(workspace, "prior-ranker", planting="static", ranker_epochs=1)
     with pytest.raises(ArtifactMismatchError, match="build the classifier with static_prior_rank=8"):
         plant(same_labels, static)
     # a MIG table of another corpus (other labels) is refused before any training
     other_corpus = write_synthetic_corpus(tmp_path / "other", {"train": 50}, num_labels=5)
+    shutil.copytree(workspace / "run" / "mig", tmp_path / "r" / "mig")
     with pytest.raises(ArtifactMismatchError, match="was built for 16 labels, not these 5"):
-        run_pretrain(
-            PretrainArguments(
-                data=str(other_corpus),
-                backbone=str(workspace / "backbone"),
-                mig=str(workspace / "mig"),
-                output=str(tmp_path / "r"),
-            ),
-            RankerTrainingArguments(),
-        )
+        pretrain_ranker(workspace, tmp_path / "r", data=str(other_corpus))
 
 
 def test_lora_ranker_plants_its_adapter_merged(workspace):
     save_backbone(workspace / "llama", family="llama")
-    run_mig(
-        MigArguments(
-            data=str(workspace / "corpus"),
-            backbone=str(workspace / "llama"),
-            output=str(workspace / "llama-mig"),
-            top_k=32,
-        )
-    )
-    folder = run_pretrain(
-        PretrainArguments(
-            data=str(workspace / "corpus"),
-            backbone=str(workspace / "llama"),
-            mig=str(workspace / "llama-mig"),
-            output=str(workspace / "lora-ranker"),
-            chunk_size=64,
-            max_chunks=2,
-            backbone_mode="lora",
-            lora_r=4,
-        ),
-        RankerTrainingArguments(epochs=1, batch_size=8, backbone_learning_rate=1e-2),
-    )
+    folder = pretrain_ranker(workspace, "lora-ranker", backbone=str(workspace / "llama"), max_chunks=2,
+                             ranker_backbone_mode="lora", lora_r=4, ranker_epochs=1, ranker_batch_size=8,
+                             ranker_backbone_learning_rate=1e-2)  # fmt: skip
     ranker = load_ranker(folder)
     assert ranker.config.lora and (folder / "adapter" / "adapter_model.safetensors").exists()
     labels = ranker.config.labels
@@ -294,45 +269,35 @@ def test_approx_ndcg_and_exact_ndcg_on_a_hand_checkable_list():
     assert torch.isfinite(loss) and torch.isfinite(padded.grad).all()
 
 
-def test_cli_mig_and_pretrain_chain(workspace, tmp_path):
-    def cli(*arguments):
+def test_cli_mig_then_pretrain_then_fit_runs_each_stage_once(workspace, tmp_path):
+    def cli(*arguments, status=0):
         result = subprocess.run(
             [sys.executable, "-m", "plant_hf.cli", *arguments], capture_output=True, text=True, timeout=300
         )
-        assert result.returncode == 0, result.stderr[-2000:]
-        return result.stdout
+        assert result.returncode == status, result.stderr[-2000:]
+        return result.stdout + result.stderr
 
-    out = cli(
-        "mig",
-        "--data",
-        str(workspace / "corpus"),
-        "--backbone",
-        str(workspace / "backbone"),
-        "--output",
-        str(tmp_path / "mig"),
-        "--top_k",
-        "32",
-    )
-    assert "MIG table of 16 labels" in out
-    out = cli(
-        "pretrain",
-        "--data",
-        str(workspace / "corpus"),
-        "--backbone",
-        str(workspace / "backbone"),
-        "--mig",
-        str(tmp_path / "mig"),
-        "--output",
-        str(tmp_path / "ranker"),
-        "--chunk_size",
-        "64",
-        "--epochs",
-        "1",
-    )
-    assert "contextual ranker, held-out token-ranking nDCG@10" in out
-    config = json.loads((tmp_path / "ranker" / "ranker_config.json").read_text())
+    common = ["--data", str(workspace / "corpus"), "--backbone", str(workspace / "backbone"), "--output_dir",
+              str(tmp_path / "run"), "--chunk_size", "64", "--mig_top_k", "32", "--use_cpu", "true"]  # fmt: skip
+    assert "MIG table of 16 labels" in cli("mig", *common)
+    out = cli("pretrain", *common, "--ranker_epochs", "1")
+    assert "MIG table of" not in out and "contextual ranker, dev token-ranking nDCG@10" in out
+    config = json.loads((tmp_path / "run" / "ranker" / "ranker_config.json").read_text())
     assert config["kind"] == "contextual" and config["metrics"]["held_out"] == "dev split"
-    assert "--mig" in cli("pretrain", "--help")
+    written = {name: (tmp_path / "run" / name).stat().st_mtime_ns for name in ("mig", "ranker")}
+    # fine-tuning options may differ from pretrain's (that stage had not started); the planting ones may not
+    refused = cli("fit", *common, "--ranker_epochs", "2", status=2)
+    assert "ranker_epochs: 1.0 -> 2.0" in refused and "ranker depend" in refused
+    out = cli("fit", *common, "--ranker_epochs", "1", "--num_train_epochs", "1", "--eval_top_k", "5")
+    assert "MIG table of" not in out and "contextual ranker" not in out and "planted: " in out
+    assert {name: (tmp_path / "run" / name).stat().st_mtime_ns for name in ("mig", "ranker")} == written
+    assert (tmp_path / "run" / "model" / "config.json").exists()
+    help_text = cli("fit", "--help")
+    groups = ["Data and backbone", "MIG table", "Planting: the ranker", "Fine-tuning: the classifier", "Evaluation",
+              "Fine-tuning: Trainer"]  # fmt: skip
+    headings = [help_text.index(f"\n{group}:\n") for group in groups]
+    assert headings == sorted(headings) and help_text.index("\n  --per_device_train_batch_size") > headings[-1]
+    assert cli("mig", "--help").count("\n  --ranker_temperature") == 1
 
 
 def test_the_state_cache_key_is_the_same_whatever_the_thread_count():

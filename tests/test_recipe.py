@@ -21,7 +21,7 @@ from plant_hf import PlantForMultiLabelClassification
 from plant_hf.data import DataFormatError, LabelVocabulary, load_corpus, read_predictions
 from plant_hf.data.synthetic import write_synthetic_corpus
 from plant_hf.metrics import TopKPredictions, as_truth_matrix, threshold_metrics
-from plant_hf.training.recipe import PlantArguments, fit, prepare_run
+from plant_hf.recipe import PlantArguments, fit, prepare_run
 from plant_hf.training.trainer import GradualUnfreezing, PlantTrainer, PlantTrainingArguments
 
 from conftest import random_ids, save_backbone, tiny_model

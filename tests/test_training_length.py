@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from plant_hf.data.synthetic import write_synthetic_corpus
-from plant_hf.training.recipe import PlantArguments, fit
+from plant_hf.recipe import PlantArguments, fit
 from plant_hf.training.trainer import PlantTrainer, PlantTrainingArguments, training_summary
 
 from conftest import save_backbone, tiny_model

@@ -1,4 +1,4 @@
-"""The PLANT recipe around Trainer: evaluation today; data -> MIG -> ranker -> plant -> Trainer as it grows."""
+"""Trainer for PLANT (optimizer groups, gradual unfreezing, stopping record) and the XMC metrics it reports."""
 
 from .evaluation import (
     HEADLINE_METRICS,

@@ -6,7 +6,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -53,6 +53,8 @@ class PlantTrainingArguments(TrainingArguments):
     `learning_rate` is the head's rate; the planted attention trains at `planted_lr_fraction` of it, the backbone
     (LoRA adapters, or all its weights with `backbone_mode=full`) at `backbone_learning_rate`.
     """
+
+    _argument_group_name: ClassVar[str] = "Fine-tuning: Trainer"
 
     output_dir: str | None = field(default="plant-run", metadata={"help": "The run's folder: every stage's output."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate of the head."})

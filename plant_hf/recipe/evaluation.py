@@ -1,0 +1,122 @@
+"""Stage 6 of the recipe: decision thresholds tuned on dev, then the final model scored on the test split."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..data import write_predictions
+from ..metrics import TopKPredictions, as_truth_matrix, evaluate_predictions, threshold_metrics, tune_label_thresholds
+from ..modeling_plant import PlantForMultiLabelClassification
+from ..training.evaluation import plot_frequency_buckets, write_report
+from .data import RunContext
+from .finetuning import inference_inputs
+
+
+@dataclass
+class EvaluationArguments:
+    """How the final model is scored."""
+
+    stage: ClassVar[str] = "evaluation"
+    _argument_group_name: ClassVar[str] = "Evaluation"
+
+    eval_top_k: int = field(default=100, metadata={"help": "Predictions kept per document for the metrics."})
+    threshold: float = field(
+        default=0.5, metadata={"help": "Probability threshold of the F1 metrics (of every label, without tuning)."}
+    )
+    tune_thresholds: bool = field(
+        default=True,
+        metadata={
+            "help": "Tune the decision thresholds on the dev split: each label with at least 5 dev examples its "
+            "own, for its F1; the others one shared threshold, for macro-F1. Saved in the model's config as "
+            "`label_thresholds` (the pipeline's threshold='label'); the test F1 metrics use them. "
+            "--tune_thresholds false: --threshold for all."
+        },
+    )
+
+
+def evaluate_stage(context: RunContext, model_folder: Path) -> dict[str, Any]:
+    """Score the final model on the test split (unseen labels count as misses): report, plot and predictions."""
+    folder = context.folder / "eval"
+    report_path = folder / "test_metrics.json"
+    if report_path.exists():
+        return json.loads(report_path.read_text())
+    model = PlantForMultiLabelClassification.from_pretrained(model_folder, dtype=context.args.dtype).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    threshold = _tuned_thresholds(context, model, model_folder, device) if context.args.tune_thresholds else None
+    predictions = split_predictions(context, model, "test", device)
+    test = context.splits["test"]
+    truth, _ = context.vocabulary.evaluation_targets(test["labels"])
+    report = evaluate_predictions(
+        truth,
+        predictions,
+        context.vocabulary.counts,
+        context.vocabulary.num_documents,
+        threshold=context.args.threshold if threshold is None else threshold,
+    )
+    if threshold is not None:
+        fixed = threshold_metrics(as_truth_matrix(truth, len(context.vocabulary)), predictions, context.args.threshold)
+        report["fixed_threshold"] = {"threshold": context.args.threshold, **fixed}
+    report["meta"] = {
+        "split": "test",
+        "notes": context.notes,
+        "unseen_labels": str(context.vocabulary.unseen(test["labels"], "test")),
+    }
+    if context.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        labels = context.vocabulary.labels
+        write_predictions(
+            folder / "test_predictions.jsonl",
+            test["id"],
+            ([labels[i] for i in row if i >= 0] for row in predictions.indices),
+            (
+                [s for i, s in zip(row_i, row_s, strict=True) if i >= 0]
+                for row_i, row_s in zip(predictions.indices, predictions.scores, strict=True)
+            ),
+        )
+        plot_frequency_buckets(report, folder / "test_buckets.png", title="test metrics by label frequency")
+        write_report(report, report_path)
+    return report
+
+
+def split_predictions(
+    context: RunContext, model: PlantForMultiLabelClassification, split: str, device: str
+) -> TopKPredictions:
+    """The model's top-k predictions on a split of the run."""
+    return predict_top_k(model, *inference_inputs(context, model, split), context.args.eval_top_k, device)
+
+
+def _tuned_thresholds(
+    context: RunContext, model: PlantForMultiLabelClassification, model_folder: Path, device: str
+) -> np.ndarray:
+    """Per-label thresholds tuned on the dev split, also written into the saved model's config."""
+    truth, _ = context.vocabulary.evaluation_targets(context.splits["dev"]["labels"])
+    predictions = split_predictions(context, model, "dev", device)
+    thresholds = tune_label_thresholds(truth, predictions)
+    model.config.label_thresholds = thresholds.tolist()
+    if context.is_main:
+        staged = model_folder / "config.json.partial"
+        model.config.to_json_file(staged)
+        staged.replace(model_folder / "config.json")
+    return thresholds
+
+
+@torch.no_grad()
+def predict_top_k(model, documents, collator, k: int, device: str = "cpu", batch_size: int = 32) -> TopKPredictions:
+    """Each document's `k` most probable labels and their probabilities."""
+    k = min(k, model.config.num_labels)
+    indices, scores = [], []
+    for begin in range(0, len(documents), batch_size):
+        batch = collator([documents[i] for i in range(begin, min(begin + batch_size, len(documents)))])
+        logits = model(**{name: value.to(device) for name, value in batch.items()}).logits
+        top = logits.float().sigmoid().topk(k, dim=-1)
+        indices.append(top.indices.cpu().numpy())
+        scores.append(top.values.cpu().numpy())
+    return TopKPredictions(np.concatenate(indices), np.concatenate(scores), model.config.num_labels)
+
+
+__all__ = ["EvaluationArguments", "evaluate_stage", "predict_top_k", "split_predictions"]

@@ -1,0 +1,242 @@
+"""Stages 4 and 5 of the recipe: the classifier is built, planted from the ranker, its label weights started as
+`label_init` says, and fine-tuned with Trainer until the dev metric stops improving."""
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from transformers import set_seed
+from transformers.utils import logging
+
+from ..cache import CachedDocumentCollator
+from ..data import PlantDataCollator
+from ..lora import lora_config_for
+from ..modeling_plant import PlantForMultiLabelClassification
+from ..planting.prototypes import (
+    initialize_context_gates,
+    initialize_label_bias,
+    initialize_label_weights,
+    label_prototypes,
+)
+from ..planting.transplant import load_ranker, plant
+from ..training.evaluation import XMCComputeMetrics, top_k_logits, write_report
+from ..training.trainer import (
+    GradualUnfreezing,
+    PlantTrainer,
+    last_complete_checkpoint,
+    parse_unfreeze_schedule,
+    training_summary,
+)
+from .data import RunContext, pad_token_id
+
+logger = logging.get_logger(__name__)
+
+# How long fine-tuning trained and why it stopped, written before the final model.
+FINETUNING_SUMMARY = "finetuning_summary.json"
+
+
+@dataclass
+class FinetuningArguments:
+    """The classifier's head and how its backbone takes part in fine-tuning (Trainer's options come alongside)."""
+
+    stage: ClassVar[str] = "fine-tuning"
+    _argument_group_name: ClassVar[str] = "Fine-tuning: the classifier"
+
+    backbone_mode: Literal["frozen", "lora", "qlora", "full"] = field(
+        default="frozen",
+        metadata={
+            "help": "frozen: encode the documents once, train the head on the cached states; lora / qlora: LoRA "
+            "adapters on the (4-bit) backbone with the head fully trained; full: train everything."
+        },
+    )
+    label_init: Literal["prototype", "prior", "random"] = field(
+        default="prototype",
+        metadata={
+            "help": "How the label weights and biases start fine-tuning: prototype: the class-mean classifier of the "
+            "contexts the (planted) attention reads in each label's training documents, so that a label seen once "
+            "starts as a nearest-prototype classifier; prior: random weights, biases at each label's prior log-odds; "
+            "random: random weights, zero biases."
+        },
+    )
+    context_gate: bool = field(
+        default=True,
+        metadata={
+            "help": "Each label reads a learned mix of its attention context and the document's mean state, the "
+            "mix started from the label's training frequency (PlantConfig.context_gate): labels seen once lean on "
+            "the whole document, frequent ones on their attention. --context_gate false: attention alone."
+        },
+    )
+    label_value_dim: int | None = field(
+        default=None, metadata={"help": "Rank of the label weights (default: hidden); lower is cheaper at many labels."}
+    )
+    inattention_k: int | None = field(default=None, metadata={"help": "Attend to each label's k best tokens."})
+    label_block_size: int | None = field(default=None, metadata={"help": "Score labels in blocks of this size."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (of the ranker's adapter too)."})
+    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default: 2 r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "LoRA targets (default: the backbone family's attention and MLP layers)."}
+    )
+
+
+def classifier(context: RunContext, quantize: bool = False) -> PlantForMultiLabelClassification:
+    """A fresh classifier on the backbone, with the run's head settings (4-bit backbone with `quantize`)."""
+    args = context.args
+    extra: dict[str, Any] = {}
+    if quantize:
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
+        )
+    if args.attn_implementation:
+        extra["attn_implementation"] = args.attn_implementation
+    return PlantForMultiLabelClassification.from_backbone(
+        context.backbone,
+        id2label=context.vocabulary.id2label,
+        chunk_size=args.chunk_size,
+        max_chunks=args.max_chunks,
+        label_attention_dim=args.label_attention_dim,
+        label_value_dim=args.label_value_dim,
+        inattention_k=args.inattention_k,
+        label_block_size=args.label_block_size,
+        static_prior_rank=args.prior_rank if args.planting in ("static", "both") else None,
+        context_gate=args.context_gate,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        **extra,
+    )
+
+
+def finetune_stage(context: RunContext, ranker: Path | None) -> Path:
+    """Fine-tune the (planted) classifier with Trainer; write the plain checkpoint (and the LoRA adapter)."""
+    args, training = context.args, context.training
+    model_folder = context.folder / "model"
+    if (model_folder / "config.json").exists():
+        return model_folder
+    checkpoints = context.folder / "checkpoints"
+    last = last_complete_checkpoint(checkpoints, remove_incomplete=args.resume and context.is_main)
+    if last and not args.resume:
+        raise ValueError(
+            f"{checkpoints} holds an interrupted fine-tuning ({Path(last).name}); pass --resume to continue it, "
+            "or delete that folder to start the fine-tuning over."
+        )
+    set_seed(training.seed)
+    model = classifier(context, quantize=args.backbone_mode == "qlora")
+    if ranker is not None:
+        logger.info(f"planted: {', '.join(plant(model, load_ranker(ranker), tokenizer=context.tokenizer))}")
+    _initialize_labels(context, model)
+    model, train_data, eval_data, collator = _prepare_finetuning(context, model)
+    schedule = parse_unfreeze_schedule(training.unfreeze_schedule)
+    trainer = PlantTrainer(
+        model=model,
+        args=dataclasses.replace(training, output_dir=str(checkpoints)),
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        data_collator=collator,
+        compute_metrics=XMCComputeMetrics.for_split(
+            context.vocabulary, context.splits["dev"]["labels"], threshold=args.threshold, by_frequency=False
+        ),
+        preprocess_logits_for_metrics=top_k_logits(args.eval_top_k),
+        callbacks=[*training.stopping_callbacks(), *([GradualUnfreezing(schedule)] if schedule else [])],
+    )
+    trainer.train(resume_from_checkpoint=last if args.resume and last else None)
+    if context.is_main:
+        write_report(training_summary(trainer), context.folder / FINETUNING_SUMMARY)
+        _save_final_model(context, trainer.model, model_folder)
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+    return model_folder
+
+
+def _initialize_labels(context: RunContext, model: PlantForMultiLabelClassification) -> None:
+    """Start the context gates from the label frequencies and the label weights and biases as `--label_init` says,
+    from the training split only."""
+    vocabulary, attention = context.vocabulary, model.label_attention
+    if attention.has_context_gate:
+        initialize_context_gates(attention, vocabulary.counts)
+    if context.args.label_init == "prior":
+        initialize_label_bias(attention, vocabulary.counts, vocabulary.num_documents)
+    elif context.args.label_init == "prototype":
+        documents, collator = inference_inputs(context, model, "train", with_labels=True)
+        if context.args.backbone_mode != "frozen":
+            for module in model.modules():
+                # bitsandbytes repacks 4-bit weights in place for CPU inference, a layout its training pass then
+                # cannot read: the backbone must stay in the training layout.
+                if hasattr(module, "support_avx512bf16_for_cpu"):
+                    module.support_avx512bf16_for_cpu = False
+        prototypes = label_prototypes(model, documents, collator, seed=context.training.seed, progress=context.is_main)
+        initialize_label_weights(attention, prototypes, vocabulary.counts, vocabulary.num_documents)
+
+
+def _prepare_finetuning(context: RunContext, model: PlantForMultiLabelClassification):
+    """The model as Trainer should see it, with its training and dev data and collator, per backbone mode."""
+    args = context.args
+    mode = args.backbone_mode
+    if mode == "frozen":
+        for parameter in model.model.parameters():
+            parameter.requires_grad_(False)
+        collator = CachedDocumentCollator(num_labels=model.config.num_labels)
+        return model, context.cached("train", model), context.cached("dev", model), collator
+    if mode in ("lora", "qlora"):
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if mode == "qlora":
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=bool(context.training.gradient_checkpointing)
+            )
+        config = lora_config_for(
+            model.model,
+            model.config.text_config.model_type,
+            r=args.lora_r,
+            alpha=args.lora_alpha,
+            dropout=args.lora_dropout,
+            target_modules=args.lora_target_modules,
+            prefix="model",
+        )
+        config.modules_to_save = ["label_attention"]
+        model = get_peft_model(model, config)
+        if context.is_main:
+            trainable, total = model.get_nb_trainable_parameters()
+            logger.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    collator = PlantDataCollator(num_labels=len(context.vocabulary), pad_token_id=pad_token_id(model))
+    columns = ["input_ids", "label_ids"]
+    return (
+        model,
+        context.tokenized("train").select_columns(columns),
+        context.tokenized("dev").select_columns(columns),
+        collator,
+    )
+
+
+def _save_final_model(context: RunContext, trained, folder: Path) -> None:
+    """A plain checkpoint that loads with `from_pretrained`; LoRA adapters are also kept, and merged into it."""
+    if hasattr(trained, "peft_config"):
+        from peft import PeftModel
+
+        adapter = context.folder / "adapter"
+        trained.save_pretrained(adapter)
+        trained = PeftModel.from_pretrained(classifier(context), str(adapter)).merge_and_unload()
+    trained.save_pretrained(folder)
+    context.tokenizer.save_pretrained(folder)
+    context.vocabulary.save(folder / "label_vocabulary.json")
+
+
+def inference_inputs(
+    context: RunContext, model: PlantForMultiLabelClassification, split: str, with_labels: bool = False
+):
+    """A split's documents and the collator that batches them without targets: cached states (frozen backbone) or
+    token ids; `with_labels` keeps each document's `label_ids` in its items."""
+    if context.args.backbone_mode == "frozen":
+        return context.cached(split, model), CachedDocumentCollator()
+    columns = ["input_ids", "label_ids"] if with_labels else ["input_ids"]
+    return context.tokenized(split).select_columns(columns), PlantDataCollator(
+        num_labels=0, pad_token_id=pad_token_id(model)
+    )
+
+
+__all__ = ["FINETUNING_SUMMARY", "FinetuningArguments", "classifier", "finetune_stage", "inference_inputs"]

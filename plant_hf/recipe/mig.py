@@ -1,0 +1,52 @@
+"""Stage 2 of the recipe: the MIG table, which tokens are evidence for which label, from the training split only."""
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from transformers.utils import logging
+
+from ..planting import MIGTable, build_mig_table
+from .data import RunContext
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class MigArguments:
+    """The token-label mutual information table that the ranker learns to rank by."""
+
+    stage: ClassVar[str] = "mig"
+    _argument_group_name: ClassVar[str] = "MIG table"
+
+    mig_top_k: int = field(default=256, metadata={"help": "Tokens kept per label."})
+    mig_grades: int = field(default=8, metadata={"help": "Relevance grades of the kept tokens (1..G)."})
+
+
+def mig_stage(context: RunContext) -> MIGTable | None:
+    """The run's MIG table (`<output_dir>/mig`), built by the main process unless it is there; none without planting.
+    A table of another tokenizer or label set is refused."""
+    if context.args.planting == "none":
+        return None
+    folder = context.folder / "mig"
+    with context.training.main_process_first(desc="MIG table"):
+        if context.is_main and not (folder / "mig_config.json").exists():
+            train = context.splits["train"]
+            table = build_mig_table(
+                train["text"],
+                train["labels"],
+                context.tokenizer,
+                top_k=context.args.mig_top_k,
+                num_grades=context.args.mig_grades,
+            )
+            table.save(folder)
+            logger.info(
+                f"MIG table of {table.num_labels} labels x {table.config.stats['distinct_tokens']} tokens "
+                f"({table.token_ids.size} kept pairs) from {table.config.num_documents} training documents in "
+                f"{table.config.stats['seconds']} s -> {folder}"
+            )
+    table = MIGTable.load(folder)
+    table.check_compatible(context.tokenizer, context.vocabulary.labels, name=str(folder))
+    return table
+
+
+__all__ = ["MigArguments", "mig_stage"]

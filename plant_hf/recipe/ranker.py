@@ -1,0 +1,323 @@
+"""Stage 3 of the recipe: the ranker, the label attention pretrained to rank each document's tokens by their MIG
+grade (ApproxNDCG, with `transformers.Trainer`, so that accelerate, LoRA, checkpoints and resume work)."""
+
+import math
+import shutil
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers.utils import logging
+
+from ..data import LabelVocabulary
+from ..lora import lora_config_for
+from ..modeling_plant import PlantForMultiLabelClassification
+from ..planting import MIGTable, tokenizer_fingerprint
+from ..planting.ranking import DocumentRanker, RankerCollator, StaticListCollator, StaticRanker
+from ..planting.transplant import RankerConfig, save_ranker
+from ..training.trainer import last_complete_checkpoint, training_summary
+from .data import RunContext, pad_token_id
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class RankerArguments:
+    """Which ranker plants the label attention, and how it is trained."""
+
+    stage: ClassVar[str] = "ranker"
+    _argument_group_name: ClassVar[str] = "Planting: the ranker"
+
+    planting: Literal["contextual", "static", "both", "none"] = field(
+        default="contextual",
+        metadata={
+            "help": "Which ranker plants the attention. contextual: backbone states -> key projection vs label "
+            "queries; static: token and label factors fitted to the MIG grades alone (an additive prior, "
+            "static_prior_rank); both: static, then contextual on top; none: no MIG table or ranker."
+        },
+    )
+    ranker_backbone_mode: Literal["frozen", "lora"] = field(
+        default="frozen",
+        metadata={
+            "help": "frozen: the ranker trains on the cached states of the frozen backbone; lora: it adapts the "
+            "backbone with LoRA (rank lora_r) while ranking, and the adapter is planted, merged, with the attention."
+        },
+    )
+    label_attention_dim: int | None = field(
+        default=None, metadata={"help": "Key space of the label attention, ranker and classifier (default: hidden)."}
+    )
+    prior_rank: int = field(default=64, metadata={"help": "Rank of the static prior's token and label factors."})
+    ranker_epochs: float = field(
+        default=30.0,
+        metadata={
+            "help": "Ceiling of the ranker's passes over the training documents: it stops before once its dev nDCG "
+            "stops improving (see ranker_patience)."
+        },
+    )
+    ranker_patience: int | None = field(
+        default=2,
+        metadata={
+            "help": "Stop once the dev nDCG has not improved (by more than ranker_improvement_threshold) for this "
+            "many epochs; the best epoch is kept. None: train to the ceiling."
+        },
+    )
+    ranker_improvement_threshold: float = field(
+        default=2e-3, metadata={"help": "The least gain of dev nDCG that counts as an improvement."}
+    )
+    ranker_batch_size: int = field(default=16, metadata={"help": "Documents (or labels, static ranker) per step."})
+    ranker_learning_rate: float = field(
+        default=1e-2, metadata={"help": "Learning rate of the attention (constant after a linear warm-up)."}
+    )
+    ranker_backbone_learning_rate: float = field(
+        default=2e-4, metadata={"help": "Learning rate of the backbone's LoRA adapter (ranker_backbone_mode lora)."}
+    )
+    ranker_weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the ranker."})
+    ranker_warmup_steps: int = field(default=50, metadata={"help": "Optimizer steps of linear warm-up."})
+    ranker_temperature: float = field(default=1.0, metadata={"help": "ApproxNDCG temperature of the rank estimate."})
+    ranker_max_labels: int = field(default=32, metadata={"help": "Labels of a document ranked per step."})
+    ranker_max_relevant: int = field(default=64, metadata={"help": "Best-graded tokens whose ranks are estimated."})
+    ranker_negatives: int = field(default=256, metadata={"help": "Static ranker: frequent tokens added to each list."})
+    ranker_static_epochs: float = field(
+        default=2.0,
+        metadata={
+            "help": "Static ranker: passes over the label lists (it fits the MIG table itself: nothing is held out "
+            "to stop on)."
+        },
+    )
+    ranker_static_min_steps: int = field(default=300, metadata={"help": "Static ranker: optimizer steps at least."})
+    ranker_ndcg_k: int = field(default=10, metadata={"help": "Cut-off of the reported nDCG@k."})
+
+
+def ranker_stage(context: RunContext, mig: MIGTable | None) -> Path | None:
+    """The run's ranker (`<output_dir>/ranker`), trained unless it is there (an interrupted one continues with
+    `resume`); none without planting."""
+    if mig is None:
+        return None
+    folder = context.folder / "ranker"
+    if (folder / "ranker_config.json").exists():
+        return folder
+    args = context.args
+    set_seed(context.training.seed)
+    model = ranking_model(context)
+    metrics: dict[str, Any] = {"held_out": context.notes.get("dev", "dev split"), "ndcg_k": args.ranker_ndcg_k}
+    if args.planting in ("static", "both"):
+        metrics["static"] = _pretrain_static(context, model, mig, folder)
+    peft_backbone = None
+    if args.planting in ("contextual", "both"):
+        if args.ranker_backbone_mode == "lora":
+            from peft import get_peft_model
+
+            model.model = get_peft_model(
+                model.model, lora_config_for(model.model, model.config.text_config.model_type, r=args.lora_r)
+            )
+            peft_backbone = model.model
+        metrics["contextual"] = _pretrain_contextual(context, model, mig, folder)
+    if context.is_main:
+        save_ranker(folder, model.label_attention, _ranker_config(context, model, metrics), peft_backbone)
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the ranker folder now holds the best epoch
+        _log_summary(metrics, folder)
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+    return folder
+
+
+def ranking_model(context: RunContext) -> PlantForMultiLabelClassification:
+    """The backbone (unquantised) with a fresh label attention for the ranker to train."""
+    args = context.args
+    return PlantForMultiLabelClassification.from_backbone(
+        context.backbone,
+        id2label=context.vocabulary.id2label,
+        chunk_size=args.chunk_size,
+        max_chunks=args.max_chunks,
+        label_attention_dim=args.label_attention_dim,
+        static_prior_rank=args.prior_rank if args.planting in ("static", "both") else None,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def _ranker_config(context: RunContext, model, metrics: dict[str, Any]) -> RankerConfig:
+    args, labels = context.args, context.vocabulary.labels
+    options = {item.name: getattr(args, item.name) for item in fields(RankerArguments)}
+    reading = {"seed": context.training.seed, "chunk_size": args.chunk_size, "max_chunks": args.max_chunks}
+    return RankerConfig(
+        kind="contextual+static" if args.planting == "both" else args.planting,
+        labels=labels,
+        label_fingerprint=LabelVocabulary(labels, np.zeros(len(labels)), 0).fingerprint,
+        tokenizer_name=str(getattr(context.tokenizer, "name_or_path", "")),
+        tokenizer_fingerprint=tokenizer_fingerprint(context.tokenizer),
+        backbone=str(args.backbone or context.backbone),
+        hidden_size=model.config.text_config.hidden_size,
+        attention_dim=model.config.label_attention_dim,
+        prior_rank=model.config.static_prior_rank,
+        vocab_size=model.config.text_config.vocab_size,
+        metrics=metrics,
+        training={**options, **reading},
+    )
+
+
+def _documents(context: RunContext, model, split: str):
+    """A split's documents for the contextual ranker: cached states of the frozen backbone, or token ids."""
+    if context.args.ranker_backbone_mode == "frozen":
+        return context.cached(split, model)
+    return context.tokenized(split).select_columns(["input_ids", "label_ids"])
+
+
+def _pretrain_static(context: RunContext, model, mig: MIGTable, folder: Path) -> dict[str, Any]:
+    args = context.args
+    ranker = StaticRanker(model.label_attention, temperature=args.ranker_temperature, ndcg_k=args.ranker_ndcg_k)
+    on_documents = DocumentRanker(model.label_attention, contextual=False, ndcg_k=args.ranker_ndcg_k)
+    held_out = context.tokenized("dev")
+    collator = RankerCollator(mig, max_labels=args.ranker_max_labels, pad_token_id=pad_token_id(model))
+    before = evaluate_ranker(on_documents, held_out, collator)["ndcg"]
+    trainer = trainer_for_ranker(
+        ranker,
+        static_label_dataset(mig),
+        StaticListCollator(mig, args.ranker_negatives, context.training.seed),
+        context,
+        folder / "checkpoints-static",
+    )
+    trainer.train()
+    after = evaluate_ranker(on_documents, held_out, collator)["ndcg"]
+    return {"random_init": before, "trained": after, "history": history(trainer)}
+
+
+def _pretrain_contextual(context: RunContext, model, mig: MIGTable, folder: Path) -> dict[str, Any]:
+    args = context.args
+    collator = RankerCollator(mig, max_labels=args.ranker_max_labels, pad_token_id=pad_token_id(model))
+    documents = {split: _documents(context, model, split) for split in ("train", "dev")}
+    ranker = DocumentRanker(
+        model.label_attention,
+        encoder=None if args.ranker_backbone_mode == "frozen" else model,
+        temperature=args.ranker_temperature,
+        ndcg_k=args.ranker_ndcg_k,
+        max_relevant=args.ranker_max_relevant,
+    )
+    before = evaluate_ranker(ranker, documents["dev"], collator)["ndcg"]
+    checkpoints = folder / "checkpoints"
+    trainer = trainer_for_ranker(ranker, documents["train"], collator, context, checkpoints, documents["dev"])
+    last = last_complete_checkpoint(checkpoints, remove_incomplete=context.is_main) if args.resume else None
+    trainer.train(resume_from_checkpoint=last)
+    after = evaluate_ranker(ranker, documents["dev"], collator)["ndcg"]
+    return {"random_init": before, "trained": after, **training_summary(trainer), "history": history(trainer)}
+
+
+def trainer_for_ranker(
+    ranker: torch.nn.Module,
+    train_dataset: torch.utils.data.Dataset | Dataset,
+    collator,
+    context: RunContext,
+    output_dir: Path,
+    eval_dataset: torch.utils.data.Dataset | Dataset | None = None,
+) -> Trainer:
+    """A Trainer that optimises a ranker's ApproxNDCG loss and reports exact nDCG@k on `eval_dataset` each epoch.
+
+    With an `eval_dataset` it trains until that nDCG stops improving (`ranker_patience`, at most `ranker_epochs`) and
+    ends on the best epoch; without one (the static ranker) it runs `ranker_static_epochs`, and at least
+    `ranker_static_min_steps` optimizer steps (a pass over a few label lists is no training at all).
+    """
+    args, evaluated = context.args, eval_dataset is not None
+    epochs = args.ranker_epochs if evaluated else args.ranker_static_epochs
+    steps = math.ceil(epochs * len(train_dataset) / args.ranker_batch_size)
+    training = TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        max_steps=-1 if evaluated else max(steps, args.ranker_static_min_steps),
+        per_device_train_batch_size=args.ranker_batch_size,
+        per_device_eval_batch_size=args.ranker_batch_size,
+        learning_rate=args.ranker_learning_rate,
+        weight_decay=args.ranker_weight_decay,
+        warmup_steps=args.ranker_warmup_steps,
+        lr_scheduler_type="constant_with_warmup",
+        train_sampling_strategy="group_by_length" if evaluated else "random",
+        eval_strategy="epoch" if evaluated else "no",
+        save_strategy="epoch" if evaluated else "no",
+        save_total_limit=1,
+        load_best_model_at_end=evaluated,
+        metric_for_best_model="ndcg" if evaluated else None,
+        greater_is_better=True,
+        restore_callback_states_from_checkpoint=True,
+        logging_strategy="epoch",
+        report_to=[],
+        seed=context.training.seed,
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not context.is_main or context.training.disable_tqdm,
+    )
+    stopping = evaluated and args.ranker_patience is not None
+    stopper = EarlyStoppingCallback(args.ranker_patience, args.ranker_improvement_threshold) if stopping else None
+    return Trainer(
+        model=ranker,
+        args=training,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        compute_metrics=_ndcg_metrics,
+        optimizers=(_optimizer(ranker, args), None),
+        callbacks=[stopper] if stopper else None,
+    )
+
+
+def _ndcg_metrics(prediction) -> dict[str, float]:
+    sums = np.asarray(prediction.predictions).reshape(-1, 2).sum(0)
+    return {"ndcg": float(sums[0] / sums[1]) if sums[1] else float("nan"), "lists": float(sums[1])}
+
+
+def _optimizer(ranker: torch.nn.Module, args: RankerArguments) -> torch.optim.Optimizer:
+    """AdamW with the attention at its learning rate and the backbone's trainable (LoRA) weights at their own."""
+    own = {id(parameter) for parameter in ranker.attention.parameters()}
+    trainable = [parameter for parameter in ranker.parameters() if parameter.requires_grad]
+    attention = [parameter for parameter in trainable if id(parameter) in own]
+    backbone = [parameter for parameter in trainable if id(parameter) not in own]
+    groups = [{"params": attention, "lr": args.ranker_learning_rate}]
+    if backbone:
+        groups.append({"params": backbone, "lr": args.ranker_backbone_learning_rate})
+    return torch.optim.AdamW(groups, weight_decay=args.ranker_weight_decay)
+
+
+@torch.no_grad()
+def evaluate_ranker(ranker: torch.nn.Module, dataset, collator, batch_size: int = 32) -> dict[str, float]:
+    """Exact nDCG@k of the token rankings: the mean over (document, label) lists with a relevant token."""
+    was_training = ranker.training
+    ranker.eval()
+    device = next(ranker.parameters()).device
+    totals = torch.zeros(2)
+    for begin in range(0, len(dataset), batch_size):
+        batch = collator([dataset[index] for index in range(begin, min(begin + batch_size, len(dataset)))])
+        output = ranker(**{name: value.to(device) for name, value in batch.items()})
+        totals += output.ndcg.sum(0).cpu()
+    ranker.train(was_training)
+    return {"ndcg": float(totals[0] / totals[1]) if totals[1] else float("nan"), "lists": float(totals[1])}
+
+
+def static_label_dataset(mig: MIGTable) -> Dataset:
+    """The labels with at least one MIG token: the lists the static ranker learns to rank."""
+    labels = np.nonzero(np.diff(mig.label_indptr) > 0)[0]
+    return Dataset.from_dict({"label_id": labels.tolist()})
+
+
+def history(trainer: Trainer) -> list[dict[str, Any]]:
+    """Per-epoch training loss and evaluation nDCG from a finished Trainer."""
+    return [
+        {key: value for key, value in entry.items() if key in ("epoch", "loss", "eval_ndcg", "eval_loss")}
+        for entry in trainer.state.log_history
+        if "loss" in entry or "eval_ndcg" in entry
+    ]
+
+
+def _log_summary(metrics: dict[str, Any], folder: Path) -> None:
+    for stage in ("static", "contextual"):
+        if stage in metrics:
+            result = metrics[stage]
+            logger.info(
+                f"{stage} ranker, dev token-ranking nDCG@{metrics['ndcg_k']}: {result['random_init']:.4f} at random "
+                f"init -> {result['trained']:.4f} trained"
+            )
+    logger.info(f"ranker held-out documents: {metrics['held_out']}; ranker -> {folder}")
+
+
+__all__ = ["RankerArguments", "evaluate_ranker", "ranker_stage", "ranking_model", "trainer_for_ranker"]
