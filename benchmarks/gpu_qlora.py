@@ -25,6 +25,7 @@ import torch
 from transformers import BitsAndBytesConfig, MistralConfig, MistralForCausalLM, MistralForSequenceClassification
 
 from plant_hf import PlantForMultiLabelClassification
+from plant_hf.files import write_json
 from plant_hf.lora import lora_config_for
 
 # Dense bf16 peak (TFLOP/s) of the cards this may run on, from their data sheets.
@@ -159,7 +160,7 @@ def main() -> None:
             result["share_of_peak"] = result["achieved_tflops"] / peak
         results["systems"].append(result)
         print(json.dumps(result), flush=True)
-    Path(args.out).write_text(json.dumps(results, indent=1))
+    write_json(Path(args.out), results)
     print(json.dumps(results, indent=1))
 
 

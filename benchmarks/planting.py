@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, Trainer, TrainingArguments
 from plant_hf import PlantForMultiLabelClassification
 from plant_hf.cache import CachedDocumentCollator, CachedDocuments, TokenStateCache
 from plant_hf.data import LabelVocabulary, load_corpus, tokenize_split
+from plant_hf.files import write_json
 from plant_hf.metrics import TopKPredictions, evaluate_predictions
 from plant_hf.planting import tokenizer_fingerprint
 from plant_hf.planting.transplant import load_ranker, plant
@@ -173,7 +174,7 @@ def main() -> None:
         print(name, json.dumps(heads[name]), flush=True)
     results["heads"] = heads
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    (work / "planting.json").write_text(json.dumps(results, indent=1))
+    write_json(work / "planting.json", results)
     print(json.dumps(results, indent=1))
 
 

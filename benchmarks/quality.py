@@ -34,6 +34,7 @@ import torch
 from baselines import MeanPooledLinearHead
 
 from plant_hf.cache import CachedDocumentCollator
+from plant_hf.files import write_json
 from plant_hf.hub import TRAINING_INFO_FILE
 from plant_hf.metrics import evaluate_predictions
 from plant_hf.recipe import PlantArguments, classifier, fit, predict_top_k, prepare_run
@@ -103,9 +104,7 @@ class Stopwatch:
         return self.spent + time.perf_counter() - self.started
 
     def write(self) -> None:
-        partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(json.dumps({"seconds": self.seconds()}))
-        partial.replace(self.path)
+        write_json(self.path, {"seconds": self.seconds()})
 
     def __enter__(self) -> "Stopwatch":
         self.started = time.perf_counter()
@@ -136,7 +135,7 @@ def recorded(run: Callable[[], dict], output: Path, resumable: bool = False) -> 
     with Stopwatch(elapsed) as watch:
         report = run()
     report["seconds"] = watch.seconds()
-    record.write_text(json.dumps(report, default=float))
+    write_json(record, report)
     return report
 
 
@@ -377,7 +376,7 @@ def main() -> None:
         plot_buckets(results["systems"], work / "buckets.png", f"{Path(args.data).name}: PSP@5 by label frequency")
     if args.fractions:
         plot_efficiency(results["efficiency"], work / "data_efficiency.png", Path(args.data).name)
-    (work / "quality.json").write_text(json.dumps(results, indent=1, default=float))
+    write_json(work / "quality.json", results)
     (work / "quality.md").write_text(markdown(results))
     print(json.dumps(results, indent=1, default=float))
 

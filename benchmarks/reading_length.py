@@ -31,6 +31,7 @@ import quality
 from transformers import AutoConfig
 
 from plant_hf.cache import TokenStateCache
+from plant_hf.files import write_json
 from plant_hf.recipe import classifier, prepare_run
 
 SYSTEMS = ("linear", "plant", "random")
@@ -70,7 +71,7 @@ def encoding_seconds(context, sample: int, seed: int, record: Path) -> float:
     total = sum(sum(context.tokenized(split)["num_tokens"]) for split in ("train", "dev", "test"))
     seconds = cache.info["encode_seconds"] * total / max(1, sum(subset["num_tokens"]))
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"seconds": seconds, "sample": sample, "seed": seed}))
+    write_json(record, {"seconds": seconds, "sample": sample, "seed": seed})
     return seconds
 
 
@@ -162,7 +163,7 @@ def main() -> None:
         results[name] = {"coverage": splits, "encode_seconds": seconds, "xr-linear": xr, **reports}
         print(json.dumps({"chunks": chunks, **results[name]}, default=float), flush=True)
     table = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *lines]
-    (work / "reading_length.json").write_text(json.dumps(results, indent=1, default=float))
+    write_json(work / "reading_length.json", results)
     (work / "reading_length.md").write_text(f"python {' '.join(sys.argv)}\n\n" + "\n".join(table) + "\n")
     print("\n".join(table))
 

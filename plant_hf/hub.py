@@ -7,23 +7,16 @@ from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from .files import PARTIAL_SUFFIX, write_json
+from .training.evaluation import HEADLINE_METRICS, metric_name, percent
+
 TEMPLATE = Path(__file__).with_name("model_cards") / "plant_model_card.md"
 # Written next to the weights: what the card is generated from, so that it can be regenerated later.
 TRAINING_INFO_FILE = "plant_training.json"
 EVAL_REPORT_FILE = "eval_report.json"
 # What a model folder uploads: weights (safetensors only), configs, remote code, tokenizer, labels, card.
 UPLOADED = ["*.safetensors", "*.json", "*.py", "*.md", "*.txt", "*.model", "*.tiktoken"]
-NEVER_UPLOADED = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt", "checkpoint-*/**", "*.partial"]
-CARD_METRICS = (
-    ("P@1", "P@1"),
-    ("P@3", "P@3"),
-    ("P@5", "P@5"),
-    ("nDCG@5", "nDCG@5"),
-    ("PSP@5", "PSP@5"),
-    ("micro_f1", "micro-F1"),
-    ("macro_f1", "macro-F1"),
-    ("macro_auc", "macro-AUC"),
-)
+NEVER_UPLOADED = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt", "checkpoint-*/**", f"*{PARTIAL_SUFFIX}"]
 
 
 @dataclass
@@ -42,15 +35,11 @@ class TrainingInfo:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> None:
-        (Path(folder) / TRAINING_INFO_FILE).write_text(json.dumps(asdict(self), indent=1, default=str))
+        write_json(Path(folder) / TRAINING_INFO_FILE, asdict(self))
 
     @classmethod
     def load(cls, folder: str | Path) -> "TrainingInfo":
         return cls(**json.loads((Path(folder) / TRAINING_INFO_FILE).read_text()))
-
-
-def _percent(value: Any) -> str:
-    return "-" if not isinstance(value, float) or value != value else f"{100 * value:.2f}"
 
 
 def render_model_card(info: TrainingInfo, report: dict[str, Any], model_id: str = "path/to/model") -> ModelCard:
@@ -72,10 +61,10 @@ def render_model_card(info: TrainingInfo, report: dict[str, Any], model_id: str 
                 dataset_name=dataset_name,
                 dataset_split=split,
                 metric_type=name,
-                metric_name=display,
+                metric_name=metric_name(name),
                 metric_value=round(100 * report[name], 2),
             )
-            for name, display in CARD_METRICS
+            for name in HEADLINE_METRICS
             if isinstance(report.get(name), float) and report[name] == report[name]
         ],
     )
@@ -84,17 +73,17 @@ def render_model_card(info: TrainingInfo, report: dict[str, Any], model_id: str 
     if planting.get("kind"):
         planting_summary = (
             f"{planting['kind']} ranker (ApproxNDCG); held-out token-ranking nDCG@{planting.get('ndcg_k', 10)} "
-            f"{_percent(planting.get('random_init'))} at random init -> {_percent(planting.get('trained'))} planted"
+            f"{percent(planting.get('random_init'))} at random init -> {percent(planting.get('trained'))} planted"
         )
     buckets = [
         {
             "name": name,
             "labels": values.get("labels"),
             "documents": values.get("documents"),
-            "p1": _percent(values.get("P@1")),
-            "p5": _percent(values.get("P@5")),
-            "psp5": _percent(values.get("PSP@5")),
-            "r5": _percent(values.get("R@5")),
+            "p1": percent(values.get("P@1")),
+            "p5": percent(values.get("P@5")),
+            "psp5": percent(values.get("PSP@5")),
+            "r5": percent(values.get("R@5")),
         }
         for name, values in report.get("by_frequency", {}).items()
     ]
@@ -114,7 +103,7 @@ def render_model_card(info: TrainingInfo, report: dict[str, Any], model_id: str 
         hyperparameters=json.dumps(info.hyperparameters, indent=1, default=str),
         eval_split=split,
         eval_documents=report.get("documents"),
-        results=[(display, _percent(report.get(name))) for name, display in CARD_METRICS],
+        results=[(metric_name(name), percent(report.get(name))) for name in HEADLINE_METRICS],
         buckets=buckets,
         stages=[_stage_row(name, length) for name, length in info.stages.items()],
     )

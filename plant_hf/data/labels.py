@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
+from ..files import write_json
 from .readers import DataFormatError
 
 _MAX_EXAMPLES = 5
@@ -120,7 +121,7 @@ class LabelVocabulary:
             "num_documents": self.num_documents,
             "fingerprint": self.fingerprint,
         }
-        Path(path).write_text(json.dumps(payload, ensure_ascii=False, indent=1))
+        write_json(path, payload)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LabelVocabulary":

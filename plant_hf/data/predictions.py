@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import atomic_path
 from .readers import DataFormatError, _open_text
 
 
@@ -49,13 +50,10 @@ def write_predictions(
     path: str | os.PathLike, ids: Iterable[str], labels: Iterable[Sequence[str]], scores: Iterable[Sequence[float]]
 ) -> None:
     """Write ranked predictions, one document per line, atomically (a partial file never replaces a whole one)."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as handle:
+    with atomic_path(path) as partial, open(partial, "w", encoding="utf-8") as handle:
         for identifier, row_labels, row_scores in zip(ids, labels, scores, strict=True):
             record = {"id": identifier, "labels": list(row_labels), "scores": [round(float(s), 6) for s in row_scores]}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    partial.replace(path)
 
 
 __all__ = ["PredictionRecord", "read_predictions", "write_predictions"]

@@ -26,6 +26,7 @@ from scipy.special import xlogy
 from transformers import PreTrainedTokenizerBase
 
 from ..data import LabelVocabulary
+from ..files import atomic_path, write_json
 
 TABLE_FILE = "mig_table.safetensors"
 CONFIG_FILE = "mig_config.json"
@@ -136,8 +137,9 @@ class MIGTable:
             "grades": self.grades.astype(np.int8),
             "token_counts": self.token_counts.astype(np.int64),
         }
-        _atomic_write(folder / TABLE_FILE, lambda path: save_file(tensors, str(path)))
-        _atomic_write(folder / CONFIG_FILE, lambda path: path.write_text(json.dumps(asdict(self.config), indent=1)))
+        with atomic_path(folder / TABLE_FILE) as partial:
+            save_file(tensors, str(partial))
+        write_json(folder / CONFIG_FILE, asdict(self.config))
         return folder
 
     @classmethod
@@ -155,12 +157,6 @@ class MIGTable:
             tensors["grades"],
             tensors["token_counts"],
         )
-
-
-def _atomic_write(path: Path, write) -> None:
-    partial = path.with_name(path.name + ".partial")
-    write(partial)
-    partial.replace(path)
 
 
 def token_presence(

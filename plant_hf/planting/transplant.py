@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
+from ..files import atomic_path, write_json
 from ..modeling_plant import PlantForMultiLabelClassification, PlantLabelAttention
 from .mig import ArtifactMismatchError, tokenizer_fingerprint
 
@@ -60,13 +61,12 @@ def save_ranker(folder: str | os.PathLike, attention: PlantLabelAttention, confi
     """Write a ranker folder: planted tensors (safetensors), its config, and the LoRA adapter when there is one."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / (WEIGHTS_FILE + ".partial")
-    save_file(plantable_state(attention, contextual=config.kind != "static"), str(partial))
-    partial.replace(folder / WEIGHTS_FILE)
+    with atomic_path(folder / WEIGHTS_FILE) as partial:
+        save_file(plantable_state(attention, contextual=config.kind != "static"), str(partial))
     if peft_backbone is not None:
         peft_backbone.save_pretrained(folder / ADAPTER_FOLDER)
     config.lora = peft_backbone is not None
-    (folder / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=1))
+    write_json(folder / CONFIG_FILE, asdict(config))
     return folder
 
 

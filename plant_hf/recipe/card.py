@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..files import write_json
 from ..hub import EVAL_REPORT_FILE, TrainingInfo, write_model_card
 from ..planting.transplant import load_ranker
 from .data import RunContext, run_config
@@ -49,7 +50,7 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
         stages=stage_lengths(context),
     )
     info.save(model_folder)
-    (model_folder / EVAL_REPORT_FILE).write_text(json.dumps(report, indent=1, default=float))
+    write_json(model_folder / EVAL_REPORT_FILE, report)
     write_model_card(model_folder, report)
 
 

@@ -20,6 +20,7 @@ from transformers.utils import logging
 from ..cache import CachedDocuments, TokenStateCache
 from ..data import LabelVocabulary, load_corpus, tokenize_split
 from ..data.synthetic import write_synthetic_corpus
+from ..files import write_json
 from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting import tokenizer_fingerprint
 from ..training.trainer import PlantTrainingArguments, parse_unfreeze_schedule
@@ -199,7 +200,7 @@ def prepare_run(args: Any, training: PlantTrainingArguments) -> RunContext:
         for split in ("dev", "test"):
             logger.info(str(vocabulary.unseen(splits[split]["labels"], split)))
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "run_config.json").write_text(json.dumps(config, indent=1, default=str))
+        write_json(folder / "run_config.json", config)
     return RunContext(args, training, folder, backbone, splits, notes, vocabulary, tokenizer)
 
 

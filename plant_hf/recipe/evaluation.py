@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data import write_predictions
+from ..files import atomic_path
 from ..metrics import TopKPredictions, as_truth_matrix, evaluate_predictions, threshold_metrics, tune_label_thresholds
 from ..modeling_plant import PlantForMultiLabelClassification
 from ..training.evaluation import plot_frequency_buckets, write_report
@@ -99,9 +100,8 @@ def _tuned_thresholds(
     thresholds = tune_label_thresholds(truth, predictions)
     model.config.label_thresholds = thresholds.tolist()
     if context.is_main:
-        staged = model_folder / "config.json.partial"
-        model.config.to_json_file(staged)
-        staged.replace(model_folder / "config.json")
+        with atomic_path(model_folder / "config.json") as partial:
+            model.config.to_json_file(partial)
     return thresholds
 
 

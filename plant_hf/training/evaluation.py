@@ -1,11 +1,9 @@
 """Evaluation glue: `compute_metrics` for Trainer, prediction-file evaluation, metric tables and bucket plots."""
 
 import datetime
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,10 +12,22 @@ from scipy import sparse
 
 from ..data import LabelVocabulary, load_corpus, read_predictions
 from ..data.readers import DataFormatError, OnError
+from ..files import write_json
 from ..metrics import DEFAULT_KS, TopKPredictions, evaluate_predictions
 
-# Metrics shown in tables and plots, in order.
+# Metrics shown in tables, plots and model cards, in order.
 HEADLINE_METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "R@5", "micro_f1", "macro_f1", "macro_auc")
+_DISPLAY_NAMES = {"micro_f1": "micro-F1", "macro_f1": "macro-F1", "macro_auc": "macro-AUC"}
+
+
+def metric_name(metric: str) -> str:
+    """How a metric is named for readers (`macro_f1` -> `macro-F1`)."""
+    return _DISPLAY_NAMES.get(metric, metric)
+
+
+def percent(value: Any) -> str:
+    """A metric in percent with two decimals, `-` where it is missing or undefined."""
+    return "-" if not isinstance(value, int | float) or value != value else f"{100 * value:.2f}"
 
 
 def top_k_logits(k: int):
@@ -154,10 +164,7 @@ def evaluate_prediction_file(
 
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
     """Write a metrics report as JSON, atomically."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=float))
-    partial.replace(path)
+    write_json(path, report, indent=2)
 
 
 def format_metrics_table(report: dict[str, Any], metrics: Sequence[str] = HEADLINE_METRICS) -> str:
@@ -169,15 +176,11 @@ def format_metrics_table(report: dict[str, Any], metrics: Sequence[str] = HEADLI
     rows += [["labels"] + [str(values.get("labels", "")) for _, values in columns]]
     for metric in metrics:
         if metric in report:
-            rows.append([metric] + [_percent(values.get(metric)) for _, values in columns])
+            rows.append([metric] + [percent(values.get(metric)) for _, values in columns])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
-
-
-def _percent(value: Any) -> str:
-    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.2f}"
 
 
 def plot_frequency_buckets(
@@ -218,6 +221,8 @@ __all__ = [
     "evaluate_prediction_file",
     "flatten_report",
     "format_metrics_table",
+    "metric_name",
+    "percent",
     "plot_frequency_buckets",
     "top_k_logits",
     "write_report",
