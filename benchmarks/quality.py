@@ -78,18 +78,28 @@ def plant_arguments(
     budget's rank and overrides."""
     settings = PlantArguments(data=data, planting=planting, train_fraction=fraction, cache_dir=str(cache),
                               label_attention_dim=budget.rank, label_value_dim=budget.rank)  # fmt: skip
-    names = {item.name for item in dataclasses.fields(PlantArguments)}
-    for key, value in dict(budget.overrides).items():
-        if key not in names:
-            raise SystemExit(f"--set {key}=...: plant-hf fit has no option {key!r}")
-        setattr(settings, key, json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value)
-    return settings
+    return dataclasses.replace(settings, **overridden(PlantArguments, budget))
 
 
 def training_arguments(output: Path, seed: int, budget: Budget) -> PlantTrainingArguments:
     capped = {} if budget.epochs is None else {"num_train_epochs": budget.epochs}
     return PlantTrainingArguments(output_dir=str(output), seed=seed, bf16=budget.bf16, **capped,
-                                  use_cpu=not torch.cuda.is_available(), disable_tqdm=True)  # fmt: skip
+                                  use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+                                  **overridden(PlantTrainingArguments, budget))  # fmt: skip
+
+
+def overridden(kind: type, budget: Budget) -> dict:
+    """The budget's `--set` options that are fields of `kind` (fit's recipe options, or Trainer's)."""
+    names = {item.name for item in dataclasses.fields(kind)}
+    return {key: parsed(value) for key, value in budget.overrides if key in names}
+
+
+def parsed(value: str):
+    """A `--set` value as fit's parser would read it: numbers and booleans as such, anything else as text."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 class Stopwatch:
@@ -188,7 +198,7 @@ def train_linear(data: str, seed: int, output: Path, cache: Path, budget: Budget
         callbacks=training.stopping_callbacks(),
     )  # fmt: skip
     trainer.train()
-    predictions = predict_top_k(head.eval(), documents["test"], CachedDocumentCollator(), 100)
+    predictions = predict_top_k(head, documents["test"], CachedDocumentCollator(), 100, training)
     truth, _ = context.vocabulary.evaluation_targets(context.splits["test"]["labels"])
     report = evaluate_predictions(truth, predictions, context.vocabulary.counts, context.vocabulary.num_documents)
     return {**report, "epochs": {"fine-tuning": training_summary(trainer)["epochs"]}}
@@ -334,7 +344,7 @@ def main() -> None:
         nargs="*",
         default=[],
         metavar="OPTION=VALUE",
-        help="plant-hf fit options for the PLANT and random-init heads, e.g. label_init=random",
+        help="plant-hf fit options (recipe or Trainer) for the PLANT and random-init heads, e.g. label_init=random",
     )
     parser.add_argument(
         "--bf16",
@@ -344,6 +354,9 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", default=["plant", "random", "linear", "xr-linear"])
     args = parser.parse_args()
     overrides = tuple(tuple(item.split("=", 1)) for item in args.set)
+    known = {item.name for kind in (PlantArguments, PlantTrainingArguments) for item in dataclasses.fields(kind)}
+    if unknown := [key for key, _ in overrides if key not in known]:
+        parser.error(f"--set {unknown[0]}=...: plant-hf fit has no option {unknown[0]!r}")
     budget = Budget(args.epochs, args.rank, args.bf16, overrides)
     work = Path(args.work) / Path(args.data).name
     work.mkdir(parents=True, exist_ok=True)

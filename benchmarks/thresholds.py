@@ -46,7 +46,7 @@ def run_scores(data: str, work: Path, folder: Path, planting: str, seed: int, sc
     width = len(context.vocabulary)
     truth = {split: as_truth_matrix(context.vocabulary.evaluation_targets(context.splits[split]["labels"])[0], width)
              for split in ("dev", "test")}  # fmt: skip
-    predictions = {split: split_predictions(context, model, split, "cpu") for split in ("dev", "test")}
+    predictions = {split: split_predictions(context, model, split) for split in ("dev", "test")}
     return {
         rule: threshold_metrics(truth["test"], predictions["test"], tune(truth["dev"], predictions["dev"]))["macro_f1"]
         for rule, tune in RULES.items()

@@ -160,13 +160,10 @@ def run_predict(args: PredictArguments) -> None:
     threshold = _threshold(args.threshold)
     documents = _documents(args.input, args.text_field)
     classify = _pipeline(args.model, args.device, args.trust_remote_code)
-    outputs = tqdm(
-        classify(list(documents["text"]), batch_size=args.batch_size, top_k=args.top_k, threshold=threshold),
-        total=len(documents),
-        desc="Predicting",
-        unit="doc",
-    )
-    predictions = list(outputs)
+    # A generator makes the pipeline yield each document as it is done, so that the bar moves with the work.
+    texts = (text for text in documents["text"])
+    outputs = classify(texts, batch_size=args.batch_size, top_k=args.top_k, threshold=threshold)
+    predictions = list(tqdm(outputs, total=len(documents), desc="Predicting", unit="doc"))
     write_predictions(
         args.output,
         documents["id"],

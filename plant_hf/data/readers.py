@@ -338,7 +338,10 @@ def load_corpus(
     wanted = list(splits)
     fields = {"text_field": text_field, "labels_field": labels_field}
     if fmt == "hub":
-        readers = {split: _hub_reader(str(source), split, on_error, fields, hub_kwargs) for split in wanted}
+        from datasets import get_dataset_split_names
+
+        available = get_dataset_split_names(str(source), **hub_kwargs)
+        readers = {split: _hub_reader(str(source), split, on_error, fields, hub_kwargs, available) for split in wanted}
     elif Path(source).is_file():
         reader = read_jsonl if fmt == "jsonl" else read_caml_csv
         readers = {"test": partial(reader, source, on_error=on_error)}
@@ -372,19 +375,12 @@ def _folder_reader(folder: Path, fmt: str, split: str, on_error: OnError, fields
     return partial(read_xmc_base, folder, split, on_error) if short and (folder / f"X.{short}.txt").exists() else None
 
 
-def _hub_reader(dataset_id: str, split: str, on_error: OnError, fields: dict, kwargs: dict):
-    """A function reading `split` of a Hub dataset; it returns None when the dataset has no such split."""
+def _hub_reader(dataset_id: str, split: str, on_error: OnError, fields: dict, kwargs: dict, available: list[str]):
+    """A function reading `split` of a Hub dataset, or None when the dataset has no such split."""
     hub_split = "validation" if split == "dev" else split
-
-    def read():
-        try:
-            return read_hub(dataset_id, hub_split, on_error=on_error, **fields, **kwargs)
-        except ValueError as error:
-            if split != "train" and "split" in str(error).lower():
-                return None
-            raise
-
-    return read
+    if hub_split not in available:
+        return None
+    return partial(read_hub, dataset_id, hub_split, on_error=on_error, **fields, **kwargs)
 
 
 __all__ = [

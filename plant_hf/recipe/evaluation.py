@@ -1,18 +1,20 @@
 """Stage 6 of the recipe: decision thresholds tuned on dev, then the final model scored on the test split."""
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
+from transformers import TrainingArguments
 
 from ..data import write_predictions
 from ..files import atomic_path
 from ..metrics import TopKPredictions, as_truth_matrix, evaluate_predictions, threshold_metrics, tune_label_thresholds
 from ..modeling_plant import PlantForMultiLabelClassification
-from ..training.evaluation import plot_frequency_buckets, write_report
+from ..training.evaluation import plot_frequency_buckets, top_k_logits, write_report
+from ..training.trainer import XMCTrainer
 from .data import RunContext
 from .finetuning import inference_inputs
 
@@ -46,10 +48,8 @@ def evaluate_stage(context: RunContext, model_folder: Path) -> dict[str, Any]:
     if report_path.exists():
         return json.loads(report_path.read_text())
     model = PlantForMultiLabelClassification.from_pretrained(model_folder, dtype=context.args.dtype).eval()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    threshold = _tuned_thresholds(context, model, model_folder, device) if context.args.tune_thresholds else None
-    predictions = split_predictions(context, model, "test", device)
+    threshold = _tuned_thresholds(context, model, model_folder) if context.args.tune_thresholds else None
+    predictions = split_predictions(context, model, "test")
     test = context.splits["test"]
     truth, _ = context.vocabulary.evaluation_targets(test["labels"])
     report = evaluate_predictions(
@@ -84,19 +84,17 @@ def evaluate_stage(context: RunContext, model_folder: Path) -> dict[str, Any]:
     return report
 
 
-def split_predictions(
-    context: RunContext, model: PlantForMultiLabelClassification, split: str, device: str
-) -> TopKPredictions:
-    """The model's top-k predictions on a split of the run."""
-    return predict_top_k(model, *inference_inputs(context, model, split), context.args.eval_top_k, device)
+def split_predictions(context: RunContext, model: PlantForMultiLabelClassification, split: str) -> TopKPredictions:
+    """The model's top-k predictions on a split of the run, with the run's Trainer settings (devices, precision,
+    evaluation batch size)."""
+    arguments = dataclasses.replace(context.training, output_dir=str(context.folder / "eval"))
+    return predict_top_k(model, *inference_inputs(context, model, split), context.args.eval_top_k, arguments)
 
 
-def _tuned_thresholds(
-    context: RunContext, model: PlantForMultiLabelClassification, model_folder: Path, device: str
-) -> np.ndarray:
+def _tuned_thresholds(context: RunContext, model: PlantForMultiLabelClassification, model_folder: Path) -> np.ndarray:
     """Per-label thresholds tuned on the dev split, also written into the saved model's config."""
     truth, _ = context.vocabulary.evaluation_targets(context.splits["dev"]["labels"])
-    predictions = split_predictions(context, model, "dev", device)
+    predictions = split_predictions(context, model, "dev")
     thresholds = tune_label_thresholds(truth, predictions)
     model.config.label_thresholds = thresholds.tolist()
     if context.is_main:
@@ -105,18 +103,18 @@ def _tuned_thresholds(
     return thresholds
 
 
-@torch.no_grad()
-def predict_top_k(model, documents, collator, k: int, device: str = "cpu", batch_size: int = 32) -> TopKPredictions:
-    """Each document's `k` most probable labels and their probabilities."""
-    k = min(k, model.config.num_labels)
-    indices, scores = [], []
-    for begin in range(0, len(documents), batch_size):
-        batch = collator([documents[i] for i in range(begin, min(begin + batch_size, len(documents)))])
-        logits = model(**{name: value.to(device) for name, value in batch.items()}).logits
-        top = logits.float().sigmoid().topk(k, dim=-1)
-        indices.append(top.indices.cpu().numpy())
-        scores.append(top.values.cpu().numpy())
-    return TopKPredictions(np.concatenate(indices), np.concatenate(scores), model.config.num_labels)
+def predict_top_k(model, documents, collator, k: int, arguments: TrainingArguments) -> TopKPredictions:
+    """Each document's `k` most probable labels and their probabilities, in the documents' order, by Trainer's
+    prediction loop (on every process of a distributed run, each predicting its share)."""
+    trainer = XMCTrainer(
+        model=model,
+        args=arguments,
+        eval_dataset=documents,
+        data_collator=collator,
+        preprocess_logits_for_metrics=top_k_logits(k),
+    )
+    indices, scores = trainer.predict(documents).predictions
+    return TopKPredictions(indices, scores, model.config.num_labels)
 
 
 __all__ = ["EvaluationArguments", "evaluate_stage", "predict_top_k", "split_predictions"]

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers import Trainer, set_seed
 from transformers.utils import logging
 
 from ..data import LabelVocabulary
@@ -19,7 +19,7 @@ from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting import MIGTable, tokenizer_fingerprint
 from ..planting.ranking import DocumentRanker, RankerCollator, StaticListCollator, StaticRanker
 from ..planting.transplant import RankerConfig, save_ranker
-from ..training.trainer import last_complete_checkpoint, training_summary
+from ..training.trainer import PlantTrainer, PlantTrainingArguments, last_complete_checkpoint, training_summary
 from .data import RunContext, pad_token_id
 
 logger = logging.get_logger(__name__)
@@ -173,16 +173,17 @@ def _pretrain_static(context: RunContext, model, mig: MIGTable, folder: Path) ->
     on_documents = DocumentRanker(model.label_attention, contextual=False, ndcg_k=args.ranker_ndcg_k)
     held_out = context.tokenized("dev")
     collator = RankerCollator(mig, max_labels=args.ranker_max_labels, pad_token_id=pad_token_id(model))
-    before = evaluate_ranker(on_documents, held_out, collator)["ndcg"]
+    checkpoints = folder / "checkpoints-static"
+    before = held_out_ndcg(on_documents, held_out, collator, context, checkpoints)
     trainer = trainer_for_ranker(
         ranker,
         static_label_dataset(mig),
         StaticListCollator(mig, args.ranker_negatives, context.training.seed),
         context,
-        folder / "checkpoints-static",
+        checkpoints,
     )
     trainer.train()
-    after = evaluate_ranker(on_documents, held_out, collator)["ndcg"]
+    after = held_out_ndcg(on_documents, held_out, collator, context, checkpoints)
     return {"random_init": before, "trained": after, "history": history(trainer)}
 
 
@@ -197,12 +198,13 @@ def _pretrain_contextual(context: RunContext, model, mig: MIGTable, folder: Path
         ndcg_k=args.ranker_ndcg_k,
         max_relevant=args.ranker_max_relevant,
     )
-    before = evaluate_ranker(ranker, documents["dev"], collator)["ndcg"]
     checkpoints = folder / "checkpoints"
+    before = held_out_ndcg(ranker, documents["dev"], collator, context, checkpoints)
     trainer = trainer_for_ranker(ranker, documents["train"], collator, context, checkpoints, documents["dev"])
     last = last_complete_checkpoint(checkpoints, remove_incomplete=context.is_main) if args.resume else None
     trainer.train(resume_from_checkpoint=last)
-    after = evaluate_ranker(ranker, documents["dev"], collator)["ndcg"]
+    # Training ended on its best epoch, whose dev nDCG Trainer kept.
+    after = trainer.state.best_metric
     return {"random_init": before, "trained": after, **training_summary(trainer), "history": history(trainer)}
 
 
@@ -213,34 +215,36 @@ def trainer_for_ranker(
     context: RunContext,
     output_dir: Path,
     eval_dataset: torch.utils.data.Dataset | Dataset | None = None,
-) -> Trainer:
+) -> PlantTrainer:
     """A Trainer that optimises a ranker's ApproxNDCG loss and reports exact nDCG@k on `eval_dataset` each epoch.
 
     With an `eval_dataset` it trains until that nDCG stops improving (`ranker_patience`, at most `ranker_epochs`) and
     ends on the best epoch; without one (the static ranker) it runs `ranker_static_epochs`, and at least
-    `ranker_static_min_steps` optimizer steps (a pass over a few label lists is no training at all).
+    `ranker_static_min_steps` optimizer steps (a pass over a few label lists is no training at all). The attention
+    trains at `ranker_learning_rate`, a LoRA adapter of the backbone at `ranker_backbone_learning_rate`.
     """
     args, evaluated = context.args, eval_dataset is not None
     epochs = args.ranker_epochs if evaluated else args.ranker_static_epochs
     steps = math.ceil(epochs * len(train_dataset) / args.ranker_batch_size)
-    training = TrainingArguments(
+    training = PlantTrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=epochs,
         max_steps=-1 if evaluated else max(steps, args.ranker_static_min_steps),
         per_device_train_batch_size=args.ranker_batch_size,
         per_device_eval_batch_size=args.ranker_batch_size,
         learning_rate=args.ranker_learning_rate,
+        planted_lr_fraction=1.0,
+        backbone_learning_rate=args.ranker_backbone_learning_rate,
         weight_decay=args.ranker_weight_decay,
         warmup_steps=args.ranker_warmup_steps,
-        lr_scheduler_type="constant_with_warmup",
         train_sampling_strategy="group_by_length" if evaluated else "random",
         eval_strategy="epoch" if evaluated else "no",
         save_strategy="epoch" if evaluated else "no",
         save_total_limit=1,
         load_best_model_at_end=evaluated,
         metric_for_best_model="ndcg" if evaluated else None,
-        greater_is_better=True,
-        restore_callback_states_from_checkpoint=True,
+        early_stopping_patience=args.ranker_patience,
+        early_stopping_threshold=args.ranker_improvement_threshold,
         logging_strategy="epoch",
         report_to=[],
         seed=context.training.seed,
@@ -248,50 +252,28 @@ def trainer_for_ranker(
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=not context.is_main or context.training.disable_tqdm,
     )
-    stopping = evaluated and args.ranker_patience is not None
-    stopper = EarlyStoppingCallback(args.ranker_patience, args.ranker_improvement_threshold) if stopping else None
-    return Trainer(
+    return PlantTrainer(
         model=ranker,
         args=training,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collator,
         compute_metrics=_ndcg_metrics,
-        optimizers=(_optimizer(ranker, args), None),
-        callbacks=[stopper] if stopper else None,
+        callbacks=training.stopping_callbacks(),
     )
+
+
+def held_out_ndcg(ranker: torch.nn.Module, dataset, collator, context: RunContext, output_dir: Path) -> float:
+    """Exact nDCG@k of a ranker's token rankings on `dataset` (the mean over the (document, label) lists with a
+    relevant token), by Trainer's evaluation loop."""
+    return trainer_for_ranker(ranker, dataset, collator, context, output_dir, eval_dataset=dataset).evaluate()[
+        "eval_ndcg"
+    ]
 
 
 def _ndcg_metrics(prediction) -> dict[str, float]:
     sums = np.asarray(prediction.predictions).reshape(-1, 2).sum(0)
     return {"ndcg": float(sums[0] / sums[1]) if sums[1] else float("nan"), "lists": float(sums[1])}
-
-
-def _optimizer(ranker: torch.nn.Module, args: RankerArguments) -> torch.optim.Optimizer:
-    """AdamW with the attention at its learning rate and the backbone's trainable (LoRA) weights at their own."""
-    own = {id(parameter) for parameter in ranker.attention.parameters()}
-    trainable = [parameter for parameter in ranker.parameters() if parameter.requires_grad]
-    attention = [parameter for parameter in trainable if id(parameter) in own]
-    backbone = [parameter for parameter in trainable if id(parameter) not in own]
-    groups = [{"params": attention, "lr": args.ranker_learning_rate}]
-    if backbone:
-        groups.append({"params": backbone, "lr": args.ranker_backbone_learning_rate})
-    return torch.optim.AdamW(groups, weight_decay=args.ranker_weight_decay)
-
-
-@torch.no_grad()
-def evaluate_ranker(ranker: torch.nn.Module, dataset, collator, batch_size: int = 32) -> dict[str, float]:
-    """Exact nDCG@k of the token rankings: the mean over (document, label) lists with a relevant token."""
-    was_training = ranker.training
-    ranker.eval()
-    device = next(ranker.parameters()).device
-    totals = torch.zeros(2)
-    for begin in range(0, len(dataset), batch_size):
-        batch = collator([dataset[index] for index in range(begin, min(begin + batch_size, len(dataset)))])
-        output = ranker(**{name: value.to(device) for name, value in batch.items()})
-        totals += output.ndcg.sum(0).cpu()
-    ranker.train(was_training)
-    return {"ndcg": float(totals[0] / totals[1]) if totals[1] else float("nan"), "lists": float(totals[1])}
 
 
 def static_label_dataset(mig: MIGTable) -> Dataset:
@@ -320,4 +302,4 @@ def _log_summary(metrics: dict[str, Any], folder: Path) -> None:
     logger.info(f"ranker held-out documents: {metrics['held_out']}; ranker -> {folder}")
 
 
-__all__ = ["RankerArguments", "evaluate_ranker", "ranker_stage", "ranking_model", "trainer_for_ranker"]
+__all__ = ["RankerArguments", "held_out_ndcg", "ranker_stage", "ranking_model", "trainer_for_ranker"]
