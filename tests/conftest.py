@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub.utils import filter_repo_objects
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, LlamaConfig, MistralConfig, Phi3Config, PreTrainedTokenizerFast, Qwen2Config
 
@@ -157,3 +158,19 @@ def run_without_plant_hf(script: str, folder: Path) -> subprocess.CompletedProce
     result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+class FakeHfApi:
+    """Records what a push would send, file by file, as `HfApi.upload_folder` selects them."""
+
+    def __init__(self):
+        self.commits = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return type("Repo", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, folder_path, repo_id, allow_patterns=None, ignore_patterns=None, **kwargs):
+        files = [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()]
+        chosen = sorted(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
+        self.commits.append({"repo_id": repo_id, "files": chosen, **kwargs})
+        return type("Commit", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()

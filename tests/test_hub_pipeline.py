@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from huggingface_hub.utils import filter_repo_objects
 from transformers import pipeline
 
 from plant_hf import PlantClassificationPipeline
@@ -19,7 +18,7 @@ from plant_hf.hub import TrainingInfo, push_to_hub, write_model_card
 from plant_hf.recipe import PlantArguments, fit
 from plant_hf.training.trainer import PlantTrainingArguments
 
-from conftest import run_without_plant_hf, save_backbone, tiny_model
+from conftest import FakeHfApi, run_without_plant_hf, save_backbone, tiny_model
 
 REPORT = {
     "documents": 40, "labels": 8, "P@1": 0.75, "P@3": 0.5, "P@5": 0.4, "nDCG@5": 0.6, "PSP@5": 0.55,
@@ -77,22 +76,6 @@ def test_recipe_writes_a_card_that_names_its_results(trained):
     report = json.loads((trained / "eval_report.json").read_text())
     results = {result.metric_type: result.metric_value for result in card.data.eval_results}
     assert results["P@1"] == round(100 * report["P@1"], 2)
-
-
-class FakeHfApi:
-    """Records what a push would send, file by file, as `HfApi.upload_folder` selects them."""
-
-    def __init__(self):
-        self.commits = []
-
-    def create_repo(self, repo_id, **kwargs):
-        return type("Repo", (), {"repo_id": repo_id})()
-
-    def upload_folder(self, folder_path, repo_id, allow_patterns=None, ignore_patterns=None, **kwargs):
-        files = [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()]
-        chosen = sorted(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
-        self.commits.append({"repo_id": repo_id, "files": chosen, **kwargs})
-        return type("Commit", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
 
 
 def test_push_sends_the_model_folder_in_one_commit(trained, tmp_path):
