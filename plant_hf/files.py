@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,16 +16,27 @@ PARTIAL_SUFFIX = ".partial"
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path to write `path`'s new content to; it replaces `path` when the block ends without error and
-    is removed when it raises, so `path` holds either its old content or the whole new one."""
+    """A temporary path to write `path`'s new content to, a file or a folder; it replaces `path` when the block ends
+    without error and is removed when it raises, so `path` holds either its old content or the whole new one. What
+    a writer killed earlier left at the temporary path is cleared first."""
     path = Path(path)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    _remove(partial)
     try:
         yield partial
     except BaseException:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
         raise
+    if partial.is_dir():
+        _remove(path)
     partial.replace(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_json(path: str | os.PathLike, data: Any, indent: int = 1) -> None:

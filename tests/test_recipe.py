@@ -334,6 +334,27 @@ def test_killed_run_resumes_to_the_same_weights(workspace, tmp_path):
         torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_a_failure_during_the_final_save_leaves_no_model_and_a_rerun_finishes(workspace, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    options = {"planting": "none", "training": {"num_train_epochs": 2, "early_stopping_patience": None}}
+    real_save = PlantForMultiLabelClassification.save_pretrained
+
+    def save_config_then_fail(self, folder, **kwargs):
+        self.config.save_pretrained(folder)  # transformers writes the config before the weights
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PlantForMultiLabelClassification, "save_pretrained", save_config_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        fit(*arguments(workspace, run, **options))
+    assert not (run / "model").exists() and not (run / "model.partial").exists()
+    monkeypatch.setattr(PlantForMultiLabelClassification, "save_pretrained", real_save)
+    plant_arguments, training = arguments(workspace, run, **options)
+    plant_arguments.resume = True
+    report = fit(plant_arguments, training)
+    assert (run / "model" / "model.safetensors").exists() and report["P@1"] >= 0
+    assert json.loads((run / "finetuning_summary.json").read_text())["epochs"] == 2
+
+
 def test_two_process_run_matches_the_single_process_loss_curve(workspace, tmp_path):
     # Random batches: the length-grouped samplers of one and two processes draw different batches.
     common = "--num_train_epochs 2 --logging_steps 1 --planting none --eval_strategy no --save_strategy epoch"

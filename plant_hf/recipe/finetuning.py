@@ -12,6 +12,7 @@ from transformers.utils import logging
 
 from ..cache import CachedDocumentCollator
 from ..data import PlantDataCollator
+from ..files import atomic_path
 from ..lora import lora_config_for
 from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting.prototypes import (
@@ -214,16 +215,19 @@ def _prepare_finetuning(context: RunContext, model: PlantForMultiLabelClassifica
 
 
 def _save_final_model(context: RunContext, trained, folder: Path) -> None:
-    """A plain checkpoint that loads with `from_pretrained`; LoRA adapters are also kept, and merged into it."""
+    """A plain checkpoint that loads with `from_pretrained`; LoRA adapters are also kept, and merged into it. The
+    folder appears whole or not at all: its `config.json` is what marks fine-tuning done."""
     if hasattr(trained, "peft_config"):
         from peft import PeftModel
 
         adapter = context.folder / "adapter"
-        trained.save_pretrained(adapter)
+        with atomic_path(adapter) as partial:
+            trained.save_pretrained(partial)
         trained = PeftModel.from_pretrained(classifier(context), str(adapter)).merge_and_unload()
-    trained.save_pretrained(folder)
-    context.tokenizer.save_pretrained(folder)
-    context.vocabulary.save(folder / "label_vocabulary.json")
+    with atomic_path(folder) as partial:
+        trained.save_pretrained(partial)
+        context.tokenizer.save_pretrained(partial)
+        context.vocabulary.save(partial / "label_vocabulary.json")
 
 
 def inference_inputs(
