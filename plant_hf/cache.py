@@ -180,6 +180,10 @@ class CachedDocuments(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.cache)
 
+    def lengths(self) -> np.ndarray:
+        """Each document's token count."""
+        return np.diff(self.cache.offsets)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         states, token_ids = self.cache.document(index)
         return {"token_states": states, "input_ids": token_ids, "label_ids": self.label_ids[index]}

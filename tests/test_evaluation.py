@@ -124,3 +124,48 @@ def test_metrics_table_lists_buckets():
     table = format_metrics_table(report)
     assert table.splitlines()[0].split() == ["metric", "all", "freq", "0"]
     assert "50.00" in table and "0.00" in table
+
+
+class VaryingDocuments(torch.utils.data.Dataset):
+    """Cached-state documents of lengths 3 to 11, shortest first, as `CachedDocuments` serves them."""
+
+    def __init__(self, count: int = 9, hidden: int = 32):
+        generator = torch.Generator().manual_seed(0)
+        self.items = [
+            {"token_states": torch.randn(3 + i, hidden, generator=generator), "input_ids": torch.arange(3 + i)}
+            for i in range(count)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+    def lengths(self) -> np.ndarray:
+        return np.array([len(item["input_ids"]) for item in self.items])
+
+
+def test_trainer_reads_the_longest_documents_first_and_answers_in_the_splits_order(tmp_path):
+    from plant_hf.cache import CachedDocumentCollator
+    from plant_hf.training.trainer import XMCTrainer
+
+    model, documents = tiny_model("bert", num_labels=5), VaryingDocuments()
+    padded_lengths = []
+
+    def collate(features):
+        batch = CachedDocumentCollator()(features)
+        padded_lengths.append(batch["attention_mask"].shape[1])
+        return batch
+
+    arguments = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, use_cpu=True, report_to=[])
+    trainer = XMCTrainer(
+        model=model, args=arguments, data_collator=collate, preprocess_logits_for_metrics=top_k_logits(3)
+    )
+    indices, scores = trainer.predict(documents).predictions
+    assert padded_lengths == [11, 7, 3]  # longest first; in the split's order the batches would pad to 6, 10, 11
+    with torch.no_grad():
+        for row, document in enumerate(documents):
+            alone = model(**CachedDocumentCollator()([document])).logits.sigmoid()[0]
+            np.testing.assert_array_equal(indices[row], alone.topk(3).indices.numpy())
+            np.testing.assert_allclose(scores[row], alone.topk(3).values.numpy(), rtol=1e-5)

@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import datasets
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import SequentialSampler
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import has_length
+from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PredictionOutput, has_length
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -131,14 +133,61 @@ class PlantTrainingArguments(TrainingArguments):
 
 
 class XMCTrainer(Trainer):
-    """A Trainer whose evaluation reads the split in its own order, whatever the training sampler: `XMCComputeMetrics`
-    matches predictions to the split's documents by position (with `train_sampling_strategy="group_by_length"`,
-    Trainer would otherwise evaluate in length-grouped order as well)."""
+    """A Trainer whose evaluation and prediction read the documents longest first, so that a batch's padding, which
+    the head would score against every label, stays small, and give the metrics and the caller their outputs in the
+    split's own order (`XMCComputeMetrics` matches predictions to the split's documents by position)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._eval_order: np.ndarray | None = None
+        if self.compute_metrics is not None:
+            compute_metrics = self.compute_metrics
+            self.compute_metrics = lambda prediction: compute_metrics(self._prediction_in_split_order(prediction))
 
     def _get_eval_sampler(self, eval_dataset):
         if eval_dataset is None or not has_length(eval_dataset):
             return None
-        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+        lengths = document_lengths(eval_dataset)
+        self._eval_order = None if lengths is None else np.argsort(-lengths, kind="stable")
+        return SequentialSampler(eval_dataset) if self._eval_order is None else self._eval_order.tolist()
+
+    def predict(self, test_dataset, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"):
+        output = super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        return PredictionOutput(
+            self._in_split_order(output.predictions), self._in_split_order(output.label_ids), output.metrics
+        )
+
+    def _prediction_in_split_order(self, prediction: EvalPrediction) -> EvalPrediction:
+        return EvalPrediction(
+            self._in_split_order(prediction.predictions),
+            self._in_split_order(prediction.label_ids),
+            self._in_split_order(prediction.inputs),
+            self._in_split_order(prediction.losses),
+        )
+
+    def _in_split_order(self, values):
+        """Outputs of the last evaluation or prediction (arrays, or tuples of them), back in the split's order."""
+        if values is None or self._eval_order is None:
+            return values
+        if isinstance(values, tuple | list):
+            return type(values)(self._in_split_order(value) for value in values)
+        values = np.asarray(values)
+        if values.ndim == 0:
+            return values
+        ordered = np.empty_like(values)
+        ordered[self._eval_order] = values
+        return ordered
+
+
+def document_lengths(dataset) -> np.ndarray | None:
+    """Each document's token count: from a dataset's own `lengths()` (cached states), or from its `input_ids`
+    (flat or in chunks); None when it has neither."""
+    if hasattr(dataset, "lengths"):
+        return np.asarray(dataset.lengths())
+    if isinstance(dataset, datasets.Dataset) and "input_ids" in dataset.column_names:
+        return np.array([sum(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
+                         for ids in dataset["input_ids"]])  # fmt: skip
+    return None
 
 
 class PlantTrainer(XMCTrainer):
@@ -247,6 +296,7 @@ __all__ = [
     "PlantTrainer",
     "PlantTrainingArguments",
     "XMCTrainer",
+    "document_lengths",
     "last_complete_checkpoint",
     "parameter_group",
     "parse_unfreeze_schedule",
