@@ -158,11 +158,14 @@ def run_predict(args: PredictArguments) -> None:
     from .data import write_predictions
 
     threshold = _threshold(args.threshold)
+    if not Path(args.output).resolve().parent.is_dir():
+        raise ValueError(f"--output {args.output}: its folder does not exist; create it or write elsewhere.")
     documents = _documents(args.input, args.text_field)
     classify = _pipeline(args.model, args.device, args.trust_remote_code)
     # A generator makes the pipeline yield each document as it is done, so that the bar moves with the work.
     texts = (text for text in documents["text"])
-    outputs = classify(texts, batch_size=args.batch_size, top_k=args.top_k, threshold=threshold)
+    top_k = args.top_k or None  # 0: every label
+    outputs = classify(texts, batch_size=args.batch_size, top_k=top_k, threshold=threshold)
     predictions = list(tqdm(outputs, total=len(documents), desc="Predicting", unit="doc"))
     write_predictions(
         args.output,

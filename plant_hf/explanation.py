@@ -153,8 +153,8 @@ def explanation_page(
             weights[position[(entry["start"], entry["end"])]] = round(float(entry["weight"]), 6)
         labels.append({"label": prediction["label"], "score": float(prediction["score"]), "weights": weights})
     data = {"text": text, "words": words, "labels": labels, "gold": list(gold or [])}
-    # `</` inside the JSON would close the script element.
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    # No `<` may reach the script element: `</script>` would close it and `<!--<script` would swallow its end tag.
+    payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
     fill = {"__TITLE__": html.escape(title), "__DATA__": payload}
     return re.sub("__TITLE__|__DATA__", lambda match: fill[match.group(0)], _PAGE)
 

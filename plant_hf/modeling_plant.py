@@ -552,6 +552,13 @@ class PlantPreTrainedModel(PreTrainedModel):
     # The loss is a mean over documents and labels: Trainer must not rescale it by token counts.
     accepts_loss_kwargs = False
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        # Weights load from safetensors only: a folder holding pickled weights alone is refused, never unpickled
+        # (`use_safetensors=False` opts in).
+        kwargs.setdefault("use_safetensors", True)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, PlantLabelAttention):

@@ -5,6 +5,9 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import Pipeline
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 TASK = "xmc-classification"
 
@@ -43,7 +46,13 @@ class PlantClassificationPipeline(Pipeline):
     ):
         forward: dict[str, Any] = {}
         if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"top_k must be a number of labels of at least 1 (None: every label), got {top_k!r}.")
             forward["top_k"] = top_k
+        if explain_words is not None and (not isinstance(explain_words, int) or explain_words < 0):
+            raise ValueError(f"explain_words must be 0 (every word) or more, got {explain_words!r}.")
+        if isinstance(threshold, int | float) and not isinstance(threshold, bool) and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f'threshold must be a probability in [0, 1] or "label", got {threshold!r}.')
         if threshold == "label":
             if self.model.config.label_thresholds is None:
                 raise ValueError(
@@ -59,6 +68,16 @@ class PlantClassificationPipeline(Pipeline):
             forward["explain"] = explain
         postprocess = {"explain_words": explain_words} if explain_words is not None else {}
         return {}, forward, postprocess
+
+    def __call__(self, inputs, **kwargs):
+        if isinstance(inputs, list | tuple):
+            for index, text in enumerate(inputs):
+                if not isinstance(text, str):
+                    raise ValueError(
+                        f"Document {index} of the {len(inputs)} given is {type(text).__name__}, not a text: the "
+                        "xmc-classification pipeline classifies strings (drop or fill the missing ones)."
+                    )
+        return super().__call__(inputs, **kwargs)
 
     def _chunk_length(self) -> int:
         chunk_size = self.model.config.chunk_size
@@ -79,6 +98,11 @@ class PlantClassificationPipeline(Pipeline):
             return_token_type_ids=False,
         )
         chunks = range(min(len(encoded["input_ids"]), self.model.config.max_chunks or len(encoded["input_ids"])))
+        if len(chunks) < len(encoded["input_ids"]):
+            logger.warning_once(
+                f"Documents longer than {len(chunks)} chunks of {self._chunk_length()} tokens are read up to there, "
+                "as in training (the model's max_chunks); the rest of their text is not read."
+            )
         input_ids = [token for chunk in chunks for token in encoded["input_ids"][chunk]]
         offsets = [tuple(span) for chunk in chunks for span in encoded["offset_mapping"][chunk]]
         words = [word for chunk in chunks for word in _word_ids(encoded, chunk)]
@@ -97,7 +121,7 @@ class PlantClassificationPipeline(Pipeline):
     ) -> dict[str, Any]:
         tokens = model_inputs.pop("tokens")
         logits = self.model(**model_inputs).logits.float()
-        width = self.model.config.num_labels if top_k is None or top_k <= 0 else min(top_k, logits.shape[-1])
+        width = logits.shape[-1] if top_k is None else min(top_k, logits.shape[-1])
         top = logits.sigmoid().topk(width, dim=-1)
         indices = top.indices
         if isinstance(threshold, torch.Tensor):  # one per label

@@ -1,6 +1,7 @@
 """Model cards, Hub uploads (to a fake Hub), the xmc-classification pipeline, explanations and their pages."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -157,9 +158,27 @@ def test_pipeline_scores_chunks_top_k_threshold_and_batches(trained):
     for got, expected in zip(batched, one_by_one, strict=True):
         assert [entry["label"] for entry in got] == [entry["label"] for entry in expected]
         assert [entry["score"] for entry in got] == pytest.approx([entry["score"] for entry in expected], abs=1e-5)
-    above = classify(long_text, top_k=0, threshold=0.5)
+    above = classify(long_text, top_k=None, threshold=0.5)
     assert all(entry["score"] >= 0.5 for entry in above)
     assert len(above) == int((probabilities >= 0.5).sum())
+
+
+@pytest.mark.parametrize(
+    ("inputs", "options", "message"),
+    [
+        ("w5 w6", {"top_k": 0}, r"top_k must be a number of labels of at least 1 \(None: every label\), got 0"),
+        ("w5 w6", {"top_k": -2}, "got -2"),
+        ("w5 w6", {"threshold": 1.5}, r"threshold must be a probability in \[0, 1\]"),
+        ("w5 w6", {"threshold": float("nan")}, "got nan"),
+        ("w5 w6", {"threshold": "high"}, "got 'high'"),
+        ("w5 w6", {"explain": True, "explain_words": -1}, "explain_words must be 0"),
+        (["w5 w6", None, "w7"], {}, "Document 1 of the 3 given is NoneType, not a text"),
+    ],
+)
+def test_pipeline_refuses_bad_parameters_and_inputs_by_name(trained, inputs, options, message):
+    classify = pipeline("xmc-classification", model=str(trained))
+    with pytest.raises(ValueError, match=message):
+        classify(inputs, **options)
 
 
 def test_pipeline_applies_the_labels_own_thresholds(trained):
@@ -170,7 +189,7 @@ def test_pipeline_applies_the_labels_own_thresholds(trained):
     text = " ".join([*noise[:30], evidence[0], evidence[6]])
     with torch.no_grad():
         probabilities = classify.model(input_ids=classify.preprocess(text)["input_ids"]).logits.sigmoid()[0]
-    kept = {entry["label"] for entry in classify(text, top_k=0, threshold="label")}
+    kept = {entry["label"] for entry in classify(text, top_k=None, threshold="label")}
     assert kept == {f"L{i}" for i in range(6) if probabilities[i] >= thresholds[i]}
     classify.model.config.label_thresholds = None
     with pytest.raises(ValueError, match="label_thresholds"):
@@ -240,6 +259,11 @@ def test_cli_predict_and_explain(trained, tmp_path):
                               str(documents), "--output", str(tmp_path / "no.jsonl"), "--threshold", "high"],
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert refused.returncode == 2 and "--threshold high" in refused.stderr and not (tmp_path / "no.jsonl").exists()
+    nowhere = tmp_path / "missing" / "out.jsonl"
+    refused = subprocess.run([sys.executable, "-m", "plant_hf.cli", "predict", "--model", str(trained), "--input",
+                              str(documents), "--output", str(nowhere)],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert refused.returncode == 2 and f"--output {nowhere}: its folder does not exist" in refused.stderr
     cli("explain", "--model", str(trained), "--input", str(documents), "--output_dir", str(tmp_path / "pages"),
         "--top_k", "3")  # fmt: skip
     pages = sorted((tmp_path / "pages").glob("0*.html"))
@@ -253,9 +277,11 @@ def test_explanation_page_embeds_text_safely():
         {"word": "</script>", "weight": 0.7, "start": 0, "end": 9},
         {"word": "ok", "weight": 0.3, "start": 10, "end": 12},
     ]}]  # fmt: skip
-    page = explanation_page("</script> ok", predictions, gold=["X", "Y"], title="<doc & co>")
-    assert page.count("</script>") == 2  # the data's own "</script>" is escaped inside its element
+    page = explanation_page("</script> ok <!--<script>", predictions, gold=["X", "Y"], title="<doc & co>")
+    assert page.count("</script>") == 2 and "<!--" not in page  # the data's own markup is escaped in its element
     assert "<title>&lt;doc &amp; co&gt;</title>" in page
+    data = re.search(r'<script id="data" type="application/json">(.*?)</script>', page, flags=re.S).group(1)
+    assert json.loads(data)["text"] == "</script> ok <!--<script>"
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -44,6 +44,17 @@ def test_save_and_load_give_identical_logits(tmp_path, backbone_name, shard):
     torch.testing.assert_close(loaded(input_ids=input_ids).logits, model(input_ids=input_ids).logits, rtol=0, atol=0)
 
 
+def test_a_folder_of_pickled_weights_is_refused_not_unpickled(tmp_path):
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match=r"model\.safetensors"):
+        PlantForMultiLabelClassification.from_pretrained(tmp_path)
+    with pytest.raises(OSError, match=r"model\.safetensors"):
+        AutoModel.from_pretrained(tmp_path)
+
+
 def test_saved_folder_ships_the_remote_code(tmp_path):
     tiny_model("llama").save_pretrained(tmp_path)
     assert (tmp_path / "configuration_plant.py").exists() and (tmp_path / "modeling_plant.py").exists()
