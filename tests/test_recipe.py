@@ -236,6 +236,23 @@ def test_discriminative_learning_rates_and_gradual_unfreezing(tmp_path, tokenize
     ]
 
 
+def test_a_label_in_every_training_document_trains_with_finite_losses(workspace, tmp_path, caplog):
+    corpus = tmp_path / "corpus"
+    write_synthetic_corpus(corpus, {"train": 60, "dev": 20, "test": 20}, num_labels=6, length=(20, 40))
+    records = [json.loads(line) for line in (corpus / "train.jsonl").read_text().splitlines()]
+    (corpus / "train.jsonl").write_text(
+        "".join(json.dumps({**r, "labels": [*r["labels"], "ALL"]}) + "\n" for r in records)
+    )
+    plant_arguments, training = arguments(workspace, tmp_path / "run", training={"logging_steps": 1})
+    plant_arguments.data = str(corpus)
+    with caplog.at_level("WARNING", logger="plant_hf"):
+        fit(plant_arguments, training)
+    assert "1 of 7 labels have no evidence token in the MIG table (e.g. 'ALL')" in caplog.text
+    history = json.loads(next((tmp_path / "run" / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
+    losses = [entry.get("loss", entry.get("eval_loss")) for entry in history["log_history"]]
+    assert all(math.isfinite(loss) for loss in losses if loss is not None)
+
+
 def test_bad_requests_fail_before_any_work(workspace, tmp_path, monkeypatch):
     run = tmp_path / "run"
     with pytest.raises(ValueError, match=r"no linear layer named \['nowhere'\]"):

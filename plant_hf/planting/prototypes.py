@@ -136,10 +136,10 @@ def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
 
 
 def prior_log_odds(label_counts: Sequence[int], num_documents: int) -> torch.Tensor:
-    """`log(p_l / (1 - p_l))` of each label's share `p_l` of the training documents."""
-    share = torch.as_tensor(np.asarray(label_counts, dtype=np.float64) / num_documents, dtype=torch.float32)
-    share = share.clamp(1e-12, 1 - 1e-12)
-    return torch.log(share / (1 - share))
+    """`log(p_l / (1 - p_l))` of each label's share `p_l` of the training documents; a label in none or in all of
+    them counts half a document less or more, so that its odds stay finite."""
+    counts = np.clip(np.asarray(label_counts, dtype=np.float64), 0.5, num_documents - 0.5)
+    return torch.as_tensor(np.log(counts / (num_documents - counts)), dtype=torch.float32)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 from transformers.utils import logging
 
 from ..planting import MIGTable, build_mig_table
@@ -44,9 +45,22 @@ def mig_stage(context: RunContext) -> MIGTable | None:
                 f"({table.token_ids.size} kept pairs) from {table.config.num_documents} training documents in "
                 f"{table.config.stats['seconds']} s -> {folder}"
             )
+            _report_labels_without_evidence(table)
     table = MIGTable.load(folder)
     table.check_compatible(context.tokenizer, context.vocabulary.labels, name=str(folder))
     return table
+
+
+def _report_labels_without_evidence(table: MIGTable) -> None:
+    """Name the labels no token is evidence for (e.g. one in every training document: knowing a token tells
+    nothing about it); the ranker has nothing to rank for them, so their attention is planted untrained."""
+    empty = [table.config.labels[label] for label in np.flatnonzero(np.diff(table.label_indptr) == 0)]
+    if empty:
+        logger.warning(
+            f"{len(empty)} of {table.num_labels} labels have no evidence token in the MIG table (e.g. "
+            f"{', '.join(map(repr, empty[:5]))}): their attention is not planted from data; their label weights "
+            "still start from their documents."
+        )
 
 
 __all__ = ["MigArguments", "mig_stage"]
