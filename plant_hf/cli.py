@@ -86,6 +86,9 @@ class PredictArguments:
     )
     batch_size: int = field(default=16, metadata={"help": "Documents per batch."})
     text_field: str = field(default="text", metadata={"help": "Text field of the input lines."})
+    on_error: Literal["raise", "skip"] = field(
+        default="raise", metadata={"help": "On a bad input line: stop with an error, or skip and count it."}
+    )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model folder's own code."})
 
@@ -100,6 +103,9 @@ class ExplainArguments:
     top_k: int = field(default=10, metadata={"help": "Predicted labels per page."})
     limit: int | None = field(default=None, metadata={"help": "Explain only the first this many documents."})
     text_field: str = field(default="text", metadata={"help": "Text field of the input lines."})
+    on_error: Literal["raise", "skip"] = field(
+        default="raise", metadata={"help": "On a bad input line: stop with an error, or skip and count it."}
+    )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda ... (default: cuda if present)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model folder's own code."})
 
@@ -134,10 +140,10 @@ def _pipeline(model: str, device: str | None, trust_remote_code: bool):
     return pipeline(TASK, model=model, device=device, trust_remote_code=trust_remote_code)
 
 
-def _documents(path: str, text_field: str):
+def _documents(path: str, text_field: str, on_error: str):
     from .data import read_jsonl
 
-    documents, report = read_jsonl(path, text_field=text_field, labels_field=None)
+    documents, report = read_jsonl(path, text_field=text_field, labels_field=None, on_error=on_error)
     print(report)
     return documents
 
@@ -160,7 +166,7 @@ def run_predict(args: PredictArguments) -> None:
     threshold = _threshold(args.threshold)
     if not Path(args.output).resolve().parent.is_dir():
         raise ValueError(f"--output {args.output}: its folder does not exist; create it or write elsewhere.")
-    documents = _documents(args.input, args.text_field)
+    documents = _documents(args.input, args.text_field, args.on_error)
     classify = _pipeline(args.model, args.device, args.trust_remote_code)
     # A generator makes the pipeline yield each document as it is done, so that the bar moves with the work.
     texts = (text for text in documents["text"])
@@ -183,7 +189,7 @@ def run_explain(args: ExplainArguments) -> None:
 
     from .explanation import explanation_page
 
-    documents = _documents(args.input, args.text_field)
+    documents = _documents(args.input, args.text_field, args.on_error)
     if args.limit is not None:
         documents = documents.select(range(min(args.limit, len(documents))))
     classify = _pipeline(args.model, args.device, args.trust_remote_code)
@@ -282,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="PLANT planted label-wise attention for extreme multi-label text classification.",
     )
     parser.add_argument("--version", action="version", version=f"plant-hf {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback, not only its message")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
     for name, command in _commands().items():
         commands.add_parser(
@@ -331,14 +338,28 @@ def _log_to_stdout() -> None:
     logger.propagate = False
 
 
+def _expected_failures() -> tuple[type[BaseException], ...]:
+    """What a bad input, a missing file, a damaged checkpoint or an unreachable Hub raises: told in a line or two,
+    not a traceback."""
+    from safetensors import SafetensorError
+
+    return ValueError, OSError, SafetensorError, ImportError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a subcommand; errors about the input end it with their message and exit status 2."""
-    name, arguments = parse_command(list(sys.argv[1:] if argv is None else argv))
-    _log_to_stdout()
+    """Run a subcommand; an expected failure ends it with its message and exit status 2 (`--debug`: the traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [argument for argument in argv if argument != "--debug"]
+    name = argv[0] if argv and not argv[0].startswith("-") else "plant-hf"
     try:
+        name, arguments = parse_command(argv)
+        _log_to_stdout()
         _commands()[name].run(*arguments)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"plant-hf {name}: error: {error}", file=sys.stderr)
+    except _expected_failures() as error:
+        if debug:
+            raise
+        print(f"plant-hf {name}: error: {error}\n(--debug shows where it was raised)", file=sys.stderr)
         return 2
     return 0
 

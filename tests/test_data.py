@@ -228,3 +228,64 @@ def test_collated_batches_train_the_model(tokenizer):
     model = tiny_model("bert", num_labels=len(vocabulary), chunk_size=3)
     out = model(**batch)
     assert out.logits.shape == (2, 2) and torch.isfinite(out.loss)
+
+
+def _bytes_file(path, content: bytes):
+    path.write_bytes(content)
+    return path
+
+
+def _truncated_gzip(path):
+    data = gzip.compress(("".join(json.dumps(r) + "\n" for r in RECORDS * 50)).encode())
+    return _bytes_file(path, data[: len(data) // 2])
+
+
+GOOD = b'{"id": "a", "text": "w5 w6", "labels": ["X"]}\n'
+LATIN1 = b'{"id": "b", "text": "caf\xe9", "labels": ["Y"]}\n'
+TWIN = b'{"id": "a", "text": "w7 w8", "labels": ["Y"]}\n'
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "message"),
+    [
+        (
+            "latin1.jsonl",
+            lambda p: _bytes_file(p, GOOD + LATIN1),
+            r"latin1\.jsonl:2: byte 0xe9 at column 25 is not UTF-8",
+        ),
+        (
+            "twins.jsonl",
+            lambda p: _bytes_file(p, GOOD + TWIN),
+            r"twins\.jsonl:2: id 'a' was already given to the "
+            r"document at .*twins\.jsonl:1\. Give each document of a split its own id",
+        ),
+        ("cut.jsonl.gz", _truncated_gzip, r"cut\.jsonl\.gz: the compressed data breaks off after line \d+ .*truncated"),
+    ],
+)
+def test_bad_files_are_refused_naming_the_file_line_and_fix(tmp_path, name, write, message):
+    path = write(tmp_path / name)
+    with pytest.raises(DataFormatError, match=message) as refused:
+        read_jsonl(path)
+    if "breaks off" not in message:
+        assert "--on_error skip" in str(refused.value)
+        dataset, report = read_jsonl(path, on_error="skip")
+        assert dataset["id"] == ["a"] and sum(report.skipped.values()) == 1
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_record(tmp_path):
+    dataset, _ = read_jsonl(_bytes_file(tmp_path / "bom.jsonl", b"\xef\xbb\xbf" + GOOD))
+    assert dataset["id"] == ["a"] and dataset["text"] == ["w5 w6"]
+
+
+@pytest.mark.parametrize("source", ["../no/such/corpus", "/data/missing", "corpus/train.jsonl", "notes.jsonl.gz"])
+def test_a_missing_local_path_is_a_local_error_not_a_hub_request(source):
+    with pytest.raises(DataFormatError, match="no such file or folder"):
+        load_corpus(source)
+    assert detect_format("some-org/some-dataset") == "hub"
+
+
+def test_an_empty_split_is_refused_naming_its_file(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", RECORDS)
+    (tmp_path / "dev.jsonl").write_text("\n")
+    with pytest.raises(DataFormatError, match=r"dev\.jsonl: 0 documents: the dev split holds no usable document"):
+        load_corpus(tmp_path)

@@ -1,5 +1,6 @@
 """The whole recipe (plant-hf fit): stages, backbone modes, resume, distributed runs and bad requests."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -253,18 +254,59 @@ def test_a_label_in_every_training_document_trains_with_finite_losses(workspace,
     assert all(math.isfinite(loss) for loss in losses if loss is not None)
 
 
+def test_a_corpus_edited_in_place_is_not_taken_for_the_one_a_run_read(workspace, tmp_path):
+    corpus = tmp_path / "corpus"
+    write_synthetic_corpus(corpus, {"train": 60, "dev": 20, "test": 20}, num_labels=6, length=(20, 40))
+    run = tmp_path / "run"
+    plant_arguments, training = arguments(workspace, run, planting="none", training={"num_train_epochs": 1})
+    plant_arguments.data = str(corpus)
+    fit(plant_arguments, training)
+    report = (run / "eval" / "test_metrics.json").read_text()
+    fit(plant_arguments, training)  # the same corpus: every stage is skipped
+    lines = (corpus / "train.jsonl").read_text().splitlines()
+    (corpus / "train.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # one document fewer, same file times aside
+    with pytest.raises(ValueError, match=r"is not the corpus that the run in .* read: its documents have changed"):
+        fit(plant_arguments, training)
+    assert (run / "eval" / "test_metrics.json").read_text() == report
+
+
+@pytest.mark.parametrize(
+    ("plant", "training", "message"),
+    [
+        ({"max_chunks": 0}, {}, "--max_chunks 0: it must be at least 1"),
+        ({"chunk_size": 2}, {}, "--chunk_size 2: it must be at least 4"),
+        ({"chunk_size": 4096}, {}, r"--chunk_size 4096: .* reads at most 256 positions"),
+        ({"eval_top_k": 0}, {}, "--eval_top_k 0: it must be at least 1"),
+        ({"mig_top_k": 0}, {}, "--mig_top_k 0"),
+        ({"lora_r": 0}, {}, "--lora_r 0"),
+        ({"threshold": 1.5}, {}, r"--threshold 1.5: a probability, in \[0, 1\]"),
+        ({"dtype": "float17"}, {}, "--dtype float17: choose one of auto, float32, bfloat16, float16"),
+        ({"planting": "deep"}, {}, "--planting deep: choose one of contextual, static, both, none"),
+        ({}, {"metric_for_best_model": "P@7"}, "--metric_for_best_model P@7: the dev evaluation reports loss, P@1"),
+        ({}, {"unfreeze_schedule": "head=x"}, "Bad unfreeze schedule item 'head=x'"),
+        ({"max_chunks": 0, "eval_top_k": 0}, {}, "--max_chunks 0: .*; --eval_top_k 0"),  # all at once
+    ],
+)
+def test_options_that_cannot_work_are_refused_before_anything_is_written(workspace, tmp_path, plant, training, message):
+    run = tmp_path / "run"
+    plant_arguments, training_arguments = arguments(workspace, run, training=training)
+    with pytest.raises(ValueError, match=message):
+        fit(dataclasses.replace(plant_arguments, **plant), training_arguments)
+    assert not run.exists()
+
+
 def test_bad_requests_fail_before_any_work(workspace, tmp_path, monkeypatch):
     run = tmp_path / "run"
     with pytest.raises(ValueError, match=r"no linear layer named \['nowhere'\]"):
         fit(*arguments(workspace, run, backbone_mode="lora", lora_target_modules=["nowhere"]))
     assert not (run / "mig").exists()
     monkeypatch.setattr("plant_hf.recipe.data.is_bitsandbytes_available", lambda: False)
-    with pytest.raises(ValueError, match="QLoRA needs bitsandbytes"):
+    with pytest.raises(ValueError, match="--backbone_mode qlora needs bitsandbytes"):
         fit(*arguments(workspace, tmp_path / "q", backbone_mode="qlora"))
     monkeypatch.undo()
     unlabelled = tmp_path / "unlabelled"
     unlabelled.mkdir()
-    (unlabelled / "train.jsonl").write_text('{"id": "a", "text": "w5 w6", "labels": []}\n' * 3)
+    (unlabelled / "train.jsonl").write_text("".join(f'{{"id": "{i}", "text": "w5 w6", "labels": []}}\n' for i in "abc"))
     plant_arguments, training = arguments(workspace, tmp_path / "u")
     plant_arguments.data = str(unlabelled)
     with pytest.raises(DataFormatError, match="has no labels at all"):

@@ -8,10 +8,12 @@ skipped and counted in the split's [`ReadReport`]. Nothing is dropped silently.
 
 import csv
 import gzip
+import hashlib
 import json
 import os
+import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -45,7 +47,9 @@ class ReadReport:
     def problem(self, where: str, reason: str, fix: str, on_error: OnError) -> None:
         """Raise, or count a skipped record (keeping the first few locations)."""
         if on_error == "raise":
-            raise DataFormatError(f"{where}: {reason}. {fix} (or pass on_error='skip' to skip and count such records)")
+            raise DataFormatError(
+                f"{where}: {reason}. {fix} (or skip and count such records: --on_error skip, on_error='skip' in Python)"
+            )
         self.skipped[reason] += 1
         if len(self.examples) < _MAX_EXAMPLES:
             self.examples.append(f"{where}: {reason}")
@@ -69,8 +73,17 @@ class _Collector:
         self.report = ReadReport(source=source)
         self.on_error = on_error
         self.columns: dict[str, list] = {"id": [], "text": [], "labels": []}
+        self.first_seen: dict[str, str] = {}
 
     def add(self, where: str, identifier: Any, text: Any, labels: Any) -> None:
+        identifier = str(identifier)
+        if identifier in self.first_seen:
+            return self.report.problem(
+                where,
+                f"id {identifier!r} was already given to the document at {self.first_seen[identifier]}",
+                "Give each document of a split its own id",
+                self.on_error,
+            )
         if not isinstance(text, str):
             return self.report.problem(
                 where, f"text is {type(text).__name__}, not a string", "Give each record a text string", self.on_error
@@ -86,7 +99,8 @@ class _Collector:
             )
         unique = list(dict.fromkeys(str(label) for label in labels))
         self.report.collapsed_duplicate_labels += len(labels) - len(unique)
-        self.columns["id"].append(str(identifier))
+        self.first_seen[identifier] = where
+        self.columns["id"].append(identifier)
         self.columns["text"].append(text)
         self.columns["labels"].append(unique)
         self.report.documents += 1
@@ -105,7 +119,39 @@ def _describe(value: Any) -> str:
 def _open_text(path: Path):
     with open(path, "rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", encoding="utf-8") if gzipped else open(path, encoding="utf-8")
+    return gzip.open(path, "rt", encoding="utf-8-sig") if gzipped else open(path, encoding="utf-8-sig")
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """The raw lines of a plain or gzipped file, numbered from 1; a compressed stream that breaks off is an error
+    naming the file and the last whole line."""
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    number = 0
+    try:
+        with (gzip.open if gzipped else open)(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                yield number, raw
+    except (EOFError, OSError, zlib.error) as error:
+        raise DataFormatError(
+            f"{path}: the compressed data breaks off after line {number} ({error}): the file is truncated or "
+            "damaged. Download or compress it again."
+        ) from None
+
+
+def _decoded(where: str, number: int, raw: bytes, report: ReadReport, on_error: OnError) -> str | None:
+    """A raw line as text (a byte-order mark at the start of the file dropped), or None when it is not UTF-8."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        report.problem(
+            where,
+            f"byte {raw[error.start]:#04x} at column {error.start + 1} is not UTF-8",
+            "Save the file as UTF-8",
+            on_error,
+        )
+        return None
+    return line.removeprefix("\ufeff") if number == 1 else line
 
 
 def read_jsonl(
@@ -121,32 +167,33 @@ def read_jsonl(
     """
     path = Path(path)
     collector = _Collector(str(path), on_error)
-    with _open_text(path) as lines:
-        for number, line in enumerate(lines, start=1):
-            where = f"{path}:{number}"
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                collector.report.problem(
-                    where, f"malformed JSON ({error.msg} at column {error.colno})", "Fix the line", on_error
-                )
-                continue
-            if not isinstance(record, dict):
-                collector.report.problem(where, "the line is not a JSON object", "Write one object per line", on_error)
-                continue
-            missing = [name for name in (text_field, labels_field) if name is not None and name not in record]
-            if missing:
-                collector.report.problem(
-                    where,
-                    f"missing field {', '.join(repr(name) for name in missing)}",
-                    f"Name the fields in use with text_field=... and labels_field=... (keys here: {sorted(record)})",
-                    on_error,
-                )
-                continue
-            labels = record.get(labels_field or "labels", [])
-            collector.add(where, record.get(id_field, f"{path.name}:{number}"), record[text_field], labels)
+    for number, raw in _numbered_lines(path):
+        where = f"{path}:{number}"
+        line = _decoded(where, number, raw, collector.report, on_error)
+        if line is None or not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            collector.report.problem(
+                where, f"malformed JSON ({error.msg} at column {error.colno})", "Fix the line", on_error
+            )
+            continue
+        if not isinstance(record, dict):
+            collector.report.problem(where, "the line is not a JSON object", "Write one object per line", on_error)
+            continue
+        missing = [name for name in (text_field, labels_field) if name is not None and name not in record]
+        if missing:
+            collector.report.problem(
+                where,
+                f"missing field {', '.join(repr(name) for name in missing)}",
+                f"Name the fields in use with --text_field / --labels_field (text_field=... and labels_field=... in "
+                f"Python; keys here: {sorted(record)})",
+                on_error,
+            )
+            continue
+        labels = record.get(labels_field or "labels", [])
+        collector.add(where, record.get(id_field, f"{path.name}:{number}"), record[text_field], labels)
     return collector.dataset()
 
 
@@ -278,11 +325,32 @@ class Corpus:
     def __str__(self) -> str:
         return f"{self.source} ({self.format}):\n" + "\n".join(f"  {name}: {r}" for name, r in self.reports.items())
 
+    @property
+    def fingerprint(self) -> str:
+        """A hash of what the splits hold (documents as read, not file times): it changes when the corpus does."""
+        digest = hashlib.sha256()
+        for name in sorted(self.splits):
+            digest.update(f"{name}:{self.splits[name]._fingerprint};".encode())
+        return digest.hexdigest()[:16]
+
+
+def _looks_local(source: str) -> bool:
+    """A path of this machine rather than a Hub id: absolute, relative to `.` or `~`, deeper than owner/name, or
+    a file name with a data extension."""
+    return (
+        source.startswith((".", "/", "~", "\\"))
+        or source.count("/") > 1
+        or source.endswith((".jsonl", ".json", ".gz", ".csv", ".txt", ".npz"))
+    )
+
 
 def detect_format(source: str | os.PathLike) -> str:
-    """The layout of a local folder or file, or `hub` for anything that is not a local path."""
+    """The layout of a local folder or file, or `hub` for a Hub dataset id (`name` or `owner/name`); a path that
+    cannot be a Hub id and does not exist is an error, not a Hub request."""
     path = Path(source)
     if not path.exists():
+        if _looks_local(str(source)):
+            raise DataFormatError(f"{source}: no such file or folder (and not a Hub dataset id: owner/name).")
         return "hub"
     if path.is_file():
         if path.name.endswith((".csv", ".csv.gz")):
@@ -352,6 +420,11 @@ def load_corpus(
         result = reader() if reader is not None else None
         if result is not None:
             datasets[split], reports[split] = result
+            if not reports[split].documents:
+                raise DataFormatError(
+                    f"{reports[split]}: the {split} split holds no usable document. Fill it, or remove it (a "
+                    "missing dev split is carved from train, a missing test split falls back to dev)."
+                )
     if "train" in wanted and "train" not in datasets:
         raise DataFormatError(f"{source}: no training split found ({fmt} layout).")
     return Corpus(splits=DatasetDict(datasets), reports=reports, source=str(source), format=fmt)

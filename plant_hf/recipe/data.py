@@ -9,12 +9,13 @@ another's.
 import dataclasses
 import importlib.util
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from datasets import Dataset
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import is_bitsandbytes_available, logging
 
 from ..cache import CachedDocuments, TokenStateCache
@@ -23,6 +24,7 @@ from ..data.synthetic import write_synthetic_corpus
 from ..files import write_json
 from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting import tokenizer_fingerprint
+from ..training.evaluation import reported_metrics
 from ..training.trainer import PlantTrainingArguments, parse_unfreeze_schedule
 
 logger = logging.get_logger(__name__)
@@ -90,6 +92,13 @@ class DataArguments:
 
     stage: ClassVar[str] = "data"
     _argument_group_name: ClassVar[str] = "Data and backbone"
+    # The least value of each numeric option (None stays allowed where it is the default).
+    at_least: ClassVar[dict[str, int]] = {
+        "synthetic_documents": 1,
+        "chunk_size": 4,
+        "max_chunks": 1,
+        "encode_batch_size": 1,
+    }
 
     data: str = field(
         default=SYNTHETIC_DATA,
@@ -110,7 +119,9 @@ class DataArguments:
     )
     chunk_size: int = field(default=256, metadata={"help": "Tokens per chunk (special tokens included)."})
     max_chunks: int | None = field(default=4, metadata={"help": "Chunks read per document."})
-    dtype: str = field(default="auto", metadata={"help": "Backbone dtype: auto, float32, bfloat16, float16."})
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        default="auto", metadata={"help": "Backbone dtype (auto: the checkpoint's)."}
+    )
     attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flash_attention_2..."})
     cache_dir: str | None = field(
         default=None, metadata={"help": "Where frozen-backbone states are cached (default: <output_dir>/cache)."}
@@ -169,23 +180,68 @@ class RunContext:
         return CachedDocuments(cache, self.tokenized(split)["label_ids"])
 
 
+def check_options(args: Any, training: PlantTrainingArguments) -> None:
+    """Refuse every option that cannot work, all at once, before anything is read, computed or written."""
+    problems = []
+    for kind in reversed(type(args).__mro__):  # the stages in their order
+        for name, least in vars(kind).get("at_least", {}).items():
+            value = getattr(args, name)
+            if value is not None and value < least:
+                problems.append(f"--{name} {value}: it must be at least {least}")
+    for item in dataclasses.fields(args):
+        choices = typing.get_args(item.type) if typing.get_origin(item.type) is Literal else ()
+        if choices and getattr(args, item.name) not in choices:
+            problems.append(f"--{item.name} {getattr(args, item.name)}: choose one of {', '.join(choices)}")
+    if not 0.0 <= args.threshold <= 1.0:
+        problems.append(f"--threshold {args.threshold}: a probability, in [0, 1]")
+    metric = (training.metric_for_best_model or "loss").removeprefix("eval_")
+    if metric not in ("loss", *reported_metrics()):
+        problems.append(
+            f"--metric_for_best_model {metric}: the dev evaluation reports loss, {', '.join(reported_metrics())}"
+        )
+    if training.unfreeze_schedule:
+        try:
+            parse_unfreeze_schedule(training.unfreeze_schedule)
+        except ValueError as error:
+            problems.append(str(error))
+    if args.backbone_mode == "qlora" and not is_bitsandbytes_available():
+        problems.append("--backbone_mode qlora needs bitsandbytes: pip install 'plant-hf[quant]' (or use lora)")
+    if problems:
+        raise ValueError("Options that cannot work: " + "; ".join(problems) + ".")
+
+
+def _check_chunk_size(backbone: str, args: Any) -> None:
+    """Refuse chunks longer than the backbone reads (its position embeddings), from its config alone."""
+    config = AutoConfig.from_pretrained(backbone, trust_remote_code=args.trust_remote_code).get_text_config()
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and args.chunk_size > limit:
+        raise ValueError(
+            f"--chunk_size {args.chunk_size}: {backbone} reads at most {limit} positions; choose a chunk size up to "
+            f"{limit} (longer documents are read in more chunks, --max_chunks)."
+        )
+
+
 def prepare_run(args: Any, training: PlantTrainingArguments) -> RunContext:
     """Check the run folder and the request before any long work; read the corpus and its label vocabulary."""
-    if args.backbone_mode == "qlora" and not is_bitsandbytes_available():
-        raise ValueError("QLoRA needs bitsandbytes: pip install 'plant-hf[quant]' (or use --backbone_mode lora).")
-    if training.unfreeze_schedule:
-        parse_unfreeze_schedule(training.unfreeze_schedule)
+    check_options(args, training)
+    backbone = args.backbone or default_backbone()
+    _check_chunk_size(backbone, args)
+    if args.backbone_mode in ("lora", "qlora"):
+        _check_lora_targets(backbone, args)
     folder = Path(training.output_dir)
     config = run_config(args, training)
+    reading = {"on_error": args.on_error, "text_field": args.text_field, "labels_field": args.labels_field}
+    corpus = None if args.data == SYNTHETIC_DATA else load_corpus(args.data, **reading)
+    if corpus is not None:
+        # The documents as read, so that a corpus edited in place is not taken for the one a run started from.
+        config["corpus_fingerprint"] = corpus.fingerprint
     check_run_folder(folder, config, args)
-    data = args.data
-    if data == SYNTHETIC_DATA:
-        data = str(folder / "data")
+    if corpus is None:  # decided by the options alone
         with training.main_process_first(desc="synthetic corpus"):
             if training.process_index == 0 and not (folder / "data" / "train.jsonl").exists():
                 sizes = {"train": args.synthetic_documents, "dev": max(20, args.synthetic_documents // 5)}
                 write_synthetic_corpus(folder / "data", {**sizes, "test": sizes["dev"]}, seed=training.seed)
-    corpus = load_corpus(data, on_error=args.on_error, text_field=args.text_field, labels_field=args.labels_field)
+        corpus = load_corpus(str(folder / "data"), **reading)
     if training.process_index == 0:
         logger.info(str(corpus))
     splits, notes = split_roles(dict(corpus.splits), training.seed)
@@ -194,9 +250,6 @@ def prepare_run(args: Any, training: PlantTrainingArguments) -> RunContext:
         splits["train"] = splits["train"].shuffle(seed=training.data_seed or training.seed).select(range(keep))
         notes["train"] = f"{keep} training documents ({100 * args.train_fraction:g}% of the split)"
     vocabulary = LabelVocabulary.from_training(splits["train"]["labels"])
-    backbone = args.backbone or default_backbone()
-    if args.backbone_mode in ("lora", "qlora"):
-        _check_lora_targets(backbone, args)
     tokenizer = AutoTokenizer.from_pretrained(backbone, trust_remote_code=args.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -211,7 +264,7 @@ def prepare_run(args: Any, training: PlantTrainingArguments) -> RunContext:
 def _check_lora_targets(backbone: str, args: Any) -> None:
     """Refuse LoRA targets that the backbone lacks, from an empty (weightless) copy of it, before any work."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     from ..lora import lora_config_for
 
@@ -239,6 +292,7 @@ def option_stages(args: Any) -> dict[str, str]:
     """The stage each recipe option belongs to (Trainer's options belong to fine-tuning)."""
     stages = {item.name: "fine-tuning" for item in dataclasses.fields(PlantTrainingArguments)}
     stages["seed"] = stages["data_seed"] = "data"  # they draw the held-out dev split and the training share
+    stages["corpus_fingerprint"] = "data"
     for kind in type(args).__mro__:
         if dataclasses.is_dataclass(kind) and "stage" in vars(kind):
             stages.update({item.name: kind.stage for item in dataclasses.fields(kind)})
@@ -264,12 +318,20 @@ def check_run_folder(folder: Path, config: dict[str, Any], args: Any) -> None:
     if not path.exists():
         return
     config = json.loads(json.dumps(config, default=str))
-    # Options added to plant-hf after the earlier run started held their defaults there.
+    # Options added to plant-hf after the earlier run started held their defaults there; a corpus it did not
+    # fingerprint is taken for the same.
     earlier = {**_default_settings(args), **json.loads(path.read_text())}
+    earlier.setdefault("corpus_fingerprint", config.get("corpus_fingerprint"))
     differing = sorted(key for key in set(config) | set(earlier) if config.get(key) != earlier.get(key))
     stages, order = option_stages(args), list(STAGE_OUTPUTS)
     first = min((order.index(stages.get(key, "fine-tuning")) for key in differing), default=len(order))
     written = [name for stage in order[first:] for name in STAGE_OUTPUTS[stage] if (folder / name).exists()]
+    if written and "corpus_fingerprint" in differing:
+        raise ValueError(
+            f"{args.data} is not the corpus that the run in {folder} read: its documents have changed since, and "
+            f"its {', '.join(written)} depend on them. Start a new --output_dir for this corpus, or restore the old "
+            "one."
+        )
     if written:
         details = ", ".join(f"{key}: {earlier.get(key)!r} -> {config.get(key)!r}" for key in differing[:6])
         raise ValueError(

@@ -25,6 +25,8 @@ class EvaluationArguments:
 
     stage: ClassVar[str] = "evaluation"
     _argument_group_name: ClassVar[str] = "Evaluation"
+    # The least value of each numeric option (None stays allowed where it is the default).
+    at_least: ClassVar[dict[str, int]] = {"eval_top_k": 1}
 
     eval_top_k: int = field(default=100, metadata={"help": "Predictions kept per document for the metrics."})
     threshold: float = field(

@@ -44,6 +44,8 @@ class FinetuningArguments:
 
     stage: ClassVar[str] = "fine-tuning"
     _argument_group_name: ClassVar[str] = "Fine-tuning: the classifier"
+    # The least value of each numeric option (None stays allowed where it is the default).
+    at_least: ClassVar[dict[str, int]] = {"label_value_dim": 1, "inattention_k": 1, "label_block_size": 1, "lora_r": 1}
 
     backbone_mode: Literal["frozen", "lora", "qlora", "full"] = field(
         default="frozen",

@@ -18,6 +18,8 @@ class MigArguments:
 
     stage: ClassVar[str] = "mig"
     _argument_group_name: ClassVar[str] = "MIG table"
+    # The least value of each numeric option (None stays allowed where it is the default).
+    at_least: ClassVar[dict[str, int]] = {"mig_top_k": 1, "mig_grades": 1}
 
     mig_top_k: int = field(default=256, metadata={"help": "Tokens kept per label."})
     mig_grades: int = field(default=8, metadata={"help": "Relevance grades of the kept tokens (1..G)."})

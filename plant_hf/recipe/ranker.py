@@ -31,6 +31,15 @@ class RankerArguments:
 
     stage: ClassVar[str] = "ranker"
     _argument_group_name: ClassVar[str] = "Planting: the ranker"
+    # The least value of each numeric option (None stays allowed where it is the default).
+    at_least: ClassVar[dict[str, int]] = {
+        "label_attention_dim": 1,
+        "prior_rank": 1,
+        "ranker_batch_size": 1,
+        "ranker_max_labels": 1,
+        "ranker_max_relevant": 1,
+        "ranker_ndcg_k": 1,
+    }
 
     planting: Literal["contextual", "static", "both", "none"] = field(
         default="contextual",

@@ -87,6 +87,12 @@ class XMCComputeMetrics:
         return flatten_report(self.last_report)
 
 
+def reported_metrics(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
+    """The names of the metrics [`XMCComputeMetrics`] reports (Trainer adds `eval_` and the loss)."""
+    one = TopKPredictions(np.zeros((1, 1), dtype=np.int64), np.ones((1, 1)), num_labels=1)
+    return sorted(flatten_report(evaluate_predictions([[0]], one, [1], 1, ks=ks, by_frequency=False)))
+
+
 def flatten_report(report: dict[str, Any]) -> dict[str, float]:
     """Scalar metrics only, bucket metrics as `freq_<bucket>_<metric>` (the shape Trainer logs)."""
     flat = {name: value for name, value in report.items() if isinstance(value, float)}
@@ -224,6 +230,7 @@ __all__ = [
     "metric_name",
     "percent",
     "plot_frequency_buckets",
+    "reported_metrics",
     "top_k_logits",
     "write_report",
 ]

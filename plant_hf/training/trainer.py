@@ -39,12 +39,15 @@ def parse_unfreeze_schedule(schedule: str | None) -> dict[str, float]:
     for item in schedule.split(","):
         group, _, epoch = item.partition("=")
         group = group.strip()
-        if group not in PARAMETER_GROUPS or not epoch:
+        try:
+            result[group] = float(epoch)
+        except ValueError:
+            group = None
+        if group not in PARAMETER_GROUPS:
             raise ValueError(
-                f"Bad unfreeze schedule item {item!r}: write group=epoch with group one of {PARAMETER_GROUPS}, "
-                'e.g. "attention=1,backbone=2".'
+                f"Bad unfreeze schedule item {item!r}: write group=epoch with group one of {PARAMETER_GROUPS} and "
+                'epoch a number, e.g. "attention=1,backbone=2".'
             )
-        result[group] = float(epoch)
     return result
 
 
