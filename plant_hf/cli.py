@@ -132,12 +132,15 @@ class PushArguments:
 
 def _pipeline(model: str, device: str | None, trust_remote_code: bool):
     import torch
-    from transformers import pipeline
+    from transformers import AutoModel, AutoTokenizer, pipeline
 
     from . import TASK
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return pipeline(TASK, model=model, device=device, trust_remote_code=trust_remote_code)
+    # Loaded here rather than by the pipeline, whose errors bury the cause under one traceback per class it tried.
+    classifier = AutoModel.from_pretrained(model, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    return pipeline(TASK, model=classifier, tokenizer=tokenizer, device=device)
 
 
 def _documents(path: str, text_field: str, on_error: str):
