@@ -81,8 +81,9 @@ def test_context_gate_mixes_each_labels_attention_context_with_the_documents_mea
     gated = tiny_model("bert", num_labels=4, context_gate=True)
     initialize_context_gates(gated.label_attention, label_counts=[1, 5, 45, 0])
     gates = gated.label_attention.context_gates()
-    # g = k / (k + n) with k = 5; a label with no documents stops short of 1, where the sigmoid would pass no gradient.
-    torch.testing.assert_close(gates[:3], torch.tensor([5 / 6, 0.5, 0.1]))
+    # g = max(1/2, k / (k + n)) with k = 5; a label with no documents stops short of 1, where the sigmoid would pass
+    # no gradient.
+    torch.testing.assert_close(gates[:3], torch.tensor([5 / 6, 0.5, 0.5]))
     assert 0.999 < gates[3] < 1.0
     plain = tiny_model("bert", num_labels=4)
     plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k != "label_attention.label_context_gate"})

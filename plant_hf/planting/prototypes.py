@@ -31,8 +31,11 @@ _REFERENCE_BUDGET = 2**22
 # The most a label's logit rises from its reference context to its prototype: uncapped, well separated labels got
 # weights fine-tuning could not move, and tiny backbones diverged.
 PROTOTYPE_MARGIN = 8.0
-# Training documents at which a label's context gate starts half way between its attention and the mean state.
+# Training documents below which a label's context gate starts above one half, towards the mean state.
 CONTEXT_GATE_SHRINKAGE = 5.0
+# The least share of the mean state a label's context starts with. PLANT sums a learned attention, which starts near
+# uniform (the mean state), and the planted one (V = A'H + P'H): every label starts at least half on the mean state.
+CONTEXT_GATE_FLOOR = 0.5
 # Keeps gates learnable: a sigmoid saturated at a label with no training documents would pass no gradient.
 _GATE_LOGIT_BOUND = 8.0
 
@@ -151,13 +154,17 @@ def initialize_label_bias(attention: PlantLabelAttention, label_counts: Sequence
 
 @torch.no_grad()
 def initialize_context_gates(
-    attention: PlantLabelAttention, label_counts: Sequence[int], shrinkage: float = CONTEXT_GATE_SHRINKAGE
+    attention: PlantLabelAttention,
+    label_counts: Sequence[int],
+    shrinkage: float = CONTEXT_GATE_SHRINKAGE,
+    floor: float = CONTEXT_GATE_FLOOR,
 ) -> None:
-    """Start each label's context gate at `g_l = k / (k + n_l)` (`k`: `shrinkage`, `n_l`: the label's training
-    documents): the share of the mean state in its context falls as its examples grow, from `k / (k + 1)` for a
-    label seen once to nearly none for frequent ones."""
+    """Start each label's context gate at `g_l = max(floor, k / (k + n_l))` (`k`: `shrinkage`, `n_l`: the label's
+    training documents): the share of the mean state in its context falls as its examples grow, from `k / (k + 1)`
+    for a label seen once down to `floor` for frequent ones (fine-tuning takes it on from there)."""
     counts = torch.as_tensor(np.asarray(label_counts, dtype=np.float64), dtype=torch.float32)
-    logits = (math.log(shrinkage) - torch.log(counts.clamp(min=1e-3))).clamp(-_GATE_LOGIT_BOUND, _GATE_LOGIT_BOUND)
+    logits = (math.log(shrinkage) - torch.log(counts.clamp(min=1e-3))).clamp(min=math.log(floor / (1 - floor)))
+    logits = logits.clamp(-_GATE_LOGIT_BOUND, _GATE_LOGIT_BOUND)
     attention.label_context_gate.copy_(logits.to(attention.label_context_gate))
 
 
@@ -180,6 +187,7 @@ def initialize_label_weights(
 
 
 __all__ = [
+    "CONTEXT_GATE_FLOOR",
     "CONTEXT_GATE_SHRINKAGE",
     "PROTOTYPE_MARGIN",
     "LabelPrototypes",
