@@ -54,7 +54,7 @@ class PlantConfig(PreTrainedConfig):
             Each label reads a mix of its attention context and the document's mean token state,
             `(1 - g_l) A_l^T H + g_l mean(H)`, with a learned gate `g_l` per label (`label_context_gate`, its
             logit). `plant-hf fit` starts the gate from the label's training frequency, near 1 for labels seen
-            once and near 0 for frequent ones, so that a label with few examples leans on the whole document
+            once and at one half for frequent ones, so that a label with few examples leans on the whole document
             while its attention is still narrow and noisy.
         head_dropout (`float`, *optional*, defaults to 0.0):
             Dropout applied to the token states before the label attention.

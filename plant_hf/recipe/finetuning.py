@@ -68,7 +68,7 @@ class FinetuningArguments:
         metadata={
             "help": "Each label reads a learned mix of its attention context and the document's mean state, the "
             "mix started from the label's training frequency (PlantConfig.context_gate): labels seen once lean on "
-            "the whole document, frequent ones on their attention. --context_gate false: attention alone."
+            "the whole document, frequent ones start half on their attention. --context_gate false: attention alone."
         },
     )
     label_value_dim: int | None = field(
