@@ -351,6 +351,11 @@ def _expected_failures() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; an expected failure ends it with its message and exit status 2 (`--debug`: the traceback)."""
+    import logging
+
+    # bitsandbytes (imported by transformers' Trainer wherever peft is installed) warns on every import that its
+    # optional CPU kernels are not installed; nothing the user can act on in a command's output.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [argument for argument in argv if argument != "--debug"]
