@@ -746,7 +746,10 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
                     f"labels must be multi-hot of shape (batch_size, num_labels) = {tuple(logits.shape)}, "
                     f"got {tuple(labels.shape)}."
                 )
-            loss = F.binary_cross_entropy_with_logits(logits.float(), labels.to(logits.device, torch.float32))
+            targets = labels.to(logits.device, torch.float32)
+            if not bool(((targets >= 0) & (targets <= 1)).all()):  # NaN fails both comparisons
+                raise ValueError("labels must be targets in [0, 1] (multi-hot, or soft), without NaN.")
+            loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
         return PlantOutput(loss=loss, logits=logits, label_attentions=maps)
 
     def _attend_to_chunks(self, chunks: DocumentChunks, keep_maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

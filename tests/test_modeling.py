@@ -295,6 +295,13 @@ def test_labels_of_the_wrong_shape_are_refused():
     model = tiny_model("bert", num_labels=6)
     with pytest.raises(ValueError, match=r"labels must be multi-hot of shape \(batch_size, num_labels\) = \(2, 6\)"):
         model(input_ids=random_ids(2, 5), labels=torch.ones(2, 5))
+    for bad in (2.0, -1.0, float("nan")):
+        targets = torch.zeros(2, 6)
+        targets[1, 3] = bad
+        with pytest.raises(ValueError, match=r"labels must be targets in \[0, 1\]"):
+            model(input_ids=random_ids(2, 5), labels=targets)
+    soft = model(input_ids=random_ids(2, 5), labels=torch.full((2, 6), 0.25)).loss
+    assert torch.isfinite(soft)
 
 
 def test_mismatched_attention_mask_is_refused():

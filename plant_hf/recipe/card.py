@@ -8,7 +8,7 @@ from ..files import write_json
 from ..hub import EVAL_REPORT_FILE, TrainingInfo, write_model_card
 from ..planting.transplant import load_ranker
 from .data import DEFAULT_BACKBONE_ID, RunContext, run_config
-from .finetuning import FINETUNING_SUMMARY
+from .finetuning import FINETUNING_SUMMARY, QLORA_MERGED
 
 
 def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) -> None:
@@ -45,6 +45,7 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
             if args.tune_thresholds
             else args.threshold,
             "precision": "bf16 autocast" if training.bf16 else "fp16 autocast" if training.fp16 else "fp32",
+            **({"saved and evaluated": QLORA_MERGED} if args.backbone_mode == "qlora" else {}),
         },
         hyperparameters=run_config(args, training),
         stages=stage_lengths(context),

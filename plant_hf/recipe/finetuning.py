@@ -36,6 +36,8 @@ logger = logging.get_logger(__name__)
 
 # How long fine-tuning trained and why it stopped, written before the final model.
 FINETUNING_SUMMARY = "finetuning_summary.json"
+# What a QLoRA run saves: the model that loads everywhere, not the 4-bit one it trained.
+QLORA_MERGED = "the adapter merged into the backbone unquantised (--dtype), not the 4-bit backbone it trained on"
 
 
 @dataclass
@@ -226,6 +228,8 @@ def _save_final_model(context: RunContext, trained, folder: Path) -> None:
         with atomic_path(adapter) as partial:
             trained.save_pretrained(partial)
         trained = PeftModel.from_pretrained(classifier(context), str(adapter)).merge_and_unload()
+        if context.args.backbone_mode == "qlora":
+            logger.info(f"model: {QLORA_MERGED}; the test report scores this model.")
     with atomic_path(folder) as partial:
         trained.save_pretrained(partial)
         context.tokenizer.save_pretrained(partial)
@@ -245,4 +249,11 @@ def inference_inputs(
     )
 
 
-__all__ = ["FINETUNING_SUMMARY", "FinetuningArguments", "classifier", "finetune_stage", "inference_inputs"]
+__all__ = [
+    "FINETUNING_SUMMARY",
+    "QLORA_MERGED",
+    "FinetuningArguments",
+    "classifier",
+    "finetune_stage",
+    "inference_inputs",
+]
