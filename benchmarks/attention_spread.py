@@ -36,7 +36,7 @@ def spread(model: PlantForMultiLabelClassification, documents, count: int, batch
             labels = torch.full((len(items), width), -1, dtype=torch.long)
             for row, item in enumerate(items):
                 labels[row, : len(item["label_ids"])] = torch.as_tensor(item["label_ids"])
-            weights = model.label_attention.document_label_weights(
+            weights = model.score.document_label_weights(
                 batch["token_states"].float(), batch["attention_mask"], labels, batch["input_ids"]
             )
             real = labels >= 0

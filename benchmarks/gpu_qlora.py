@@ -26,7 +26,6 @@ from transformers import BitsAndBytesConfig, MistralConfig, MistralForCausalLM, 
 
 from plant_hf import PlantForMultiLabelClassification
 from plant_hf.files import write_json
-from plant_hf.lora import lora_config_for
 
 # Dense bf16 peak (TFLOP/s) of the cards this may run on, from their data sheets.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
@@ -61,21 +60,19 @@ def quantized(device: str) -> dict:
 
 
 def build(system: str, backbone: Path, labels: int, chunk_size: int, device: str):
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if system == "plant":
         model = PlantForMultiLabelClassification.from_backbone(
             str(backbone), num_labels=labels, chunk_size=chunk_size, **quantized(device)
         )
-        head, saved = model.model, ["label_attention"]
     else:
         model = MistralForSequenceClassification.from_pretrained(
             str(backbone), num_labels=labels, problem_type="multi_label_classification", **quantized(device)
         )
-        head, saved = model.model, ["score"]
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    config = lora_config_for(head, "mistral", r=16, prefix="model")
-    config.modules_to_save = saved
+    # The same adapter on both: every linear layer of the backbone; each head (`score`) trains whole.
+    config = LoraConfig(task_type="SEQ_CLS", r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
     return get_peft_model(model, config)
 
 

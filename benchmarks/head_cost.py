@@ -54,7 +54,7 @@ def build(head: str, labels: int, **config):
     backbone = default_backbone()
     model = PlantForMultiLabelClassification.from_backbone(backbone, num_labels=labels, chunk_size=CHUNK, **config)
     if head == "linear":
-        del model.label_attention
+        del model.score
         return MeanPooledLinear(model, labels)
     return model
 
@@ -93,7 +93,7 @@ def worker_infer(spec: dict) -> dict:
         "plant", spec["labels"], label_block_size=spec.get("label_block_size"), streaming=spec.get("streaming", False)
     ).eval()
     parameters_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    head_mb = sum(p.numel() * p.element_size() for p in model.label_attention.parameters()) / 2**20
+    head_mb = sum(p.numel() * p.element_size() for p in model.score.parameters()) / 2**20
     input_ids = torch.randint(1000, 20000, (1, spec["tokens"]))
     base = current_rss_mb()
     started = time.perf_counter()

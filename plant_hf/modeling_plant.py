@@ -7,6 +7,7 @@ The `L x d` matrix of per-label contexts is never formed: `H_t . w_l` for all to
 """
 
 import inspect
+import sys
 from dataclasses import dataclass
 from functools import partial
 
@@ -35,6 +36,10 @@ class PlantOutput(ModelOutput):
             Mean binary cross-entropy over documents and labels (fp32), when `labels` are given.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             One score per label; `sigmoid(logits)` are the label probabilities.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The token states the head read (the backbone's last layer, or the given `token_states`), one tensor of
+            shape `(batch_size, tokens, hidden_size)` flattened over chunks. Returned only when
+            `output_hidden_states=True`.
         label_attentions (`torch.FloatTensor` of shape `(batch_size, num_labels, sequence_length)`, *optional*):
             Each label's attention over the input tokens, aligned with `input_ids` (flattened over chunks when
             the input was given as chunks). Returned only when `output_attentions=True`.
@@ -42,6 +47,7 @@ class PlantOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor] | None = None
     label_attentions: torch.FloatTensor | None = None
 
 
@@ -310,7 +316,8 @@ class PlantLabelAttention(nn.Module):
         self.key = nn.Linear(hidden_size, attention_dim, bias=False)
         self.salience = nn.Linear(hidden_size, 1, bias=False)
         self.label_queries = nn.Parameter(torch.empty(num_labels, attention_dim))
-        self.value = nn.Identity() if value_dim is None else nn.Linear(hidden_size, value_dim, bias=False)
+        # Not named `value`: LoRA targets such as BERT's `value` must never match the head.
+        self.value_projection = None if value_dim is None else nn.Linear(hidden_size, value_dim, bias=False)
         self.label_weights = nn.Parameter(torch.empty(num_labels, value_dim or hidden_size))
         self.label_bias = nn.Parameter(torch.empty(num_labels))
         if context_gate:
@@ -327,6 +334,9 @@ class PlantLabelAttention(nn.Module):
     @property
     def num_labels(self) -> int:
         return self.label_queries.shape[0]
+
+    def _values(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states if self.value_projection is None else self.value_projection(hidden_states)
 
     @property
     def has_prior(self) -> bool:
@@ -420,7 +430,7 @@ class PlantLabelAttention(nn.Module):
         with torch.autocast(attention_mask.device.type, enabled=False):
             hidden_states = hidden_states.float()
             weights = self.document_label_weights(hidden_states, attention_mask, label_ids, input_ids)
-            value_states = self.value(hidden_states)
+            value_states = self._values(hidden_states)
             contexts = weights @ value_states
             if not self.has_context_gate:
                 return contexts
@@ -464,7 +474,7 @@ class PlantLabelAttention(nn.Module):
         with torch.autocast(device, enabled=False):
             hidden_states = hidden_states.float()
             keys, salience = self.project_tokens(hidden_states, attention_mask, input_ids)
-            value_states = self.value(hidden_states)
+            value_states = self._values(hidden_states)
             if state.pooled is not None:
                 mask = attention_mask.float()
                 total, count = state.pooled
@@ -545,8 +555,8 @@ class PlantPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
-    _keep_in_fp32_modules = ["label_attention"]
-    _keep_in_fp32_modules_strict = ["label_attention"]
+    _keep_in_fp32_modules = ["score"]
+    _keep_in_fp32_modules_strict = ["score"]
     # Heads and poolers of the checkpoints a backbone may come from.
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^score\.", r"^classifier\.", r"^cls\.", r"pooler\."]
     # The loss is a mean over documents and labels: Trainer must not rescale it by token counts.
@@ -602,7 +612,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         super().__init__(config)
         self.model = _backbone_from_config(config.text_config)
         self.dropout = nn.Dropout(config.head_dropout)
-        self.label_attention = PlantLabelAttention(
+        self.score = PlantLabelAttention(
             hidden_size=config.text_config.hidden_size,
             attention_dim=config.label_attention_dim,
             num_labels=config.num_labels,
@@ -614,6 +624,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             context_gate=config.context_gate,
         )
         self.post_init()
+        _register_with_peft()
 
     @classmethod
     def from_backbone(
@@ -653,8 +664,15 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         prefix = _backbone_class(text_config).base_model_prefix
         if prefix and prefix != cls.base_model_prefix and "key_mapping" not in kwargs:
             kwargs["key_mapping"] = {rf"^{prefix}\.": f"{cls.base_model_prefix}."}
-        model = super().from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)
-        model.label_attention.float()
+        # The head is new by construction: the load report lists only what is wrong with the backbone's weights.
+        own = cls.__dict__.get("_keys_to_ignore_on_load_missing")
+        cls._keys_to_ignore_on_load_missing = [*(own or []), r"^score\."]
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)
+        finally:
+            cls._keys_to_ignore_on_load_missing = own
+        logger.info(f"{cls.__name__}: backbone loaded from {pretrained_model_name_or_path}; the head starts untrained.")
+        model.score.float()
         return model
 
     def plant(self, attention_state: dict[str, torch.Tensor]) -> list[str]:
@@ -663,8 +681,8 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         Only the parts that score tokens may be planted: `key.weight`, `salience.weight`, `label_queries` and the
         static prior's `prior_*` tensors, each of the shape this model has. The label order must be the model's.
         """
-        own = dict(self.label_attention.named_parameters())
-        plantable = sorted(set(self.label_attention.PLANTABLE) & set(own))
+        own = dict(self.score.named_parameters())
+        plantable = sorted(set(self.score.PLANTABLE) & set(own))
         unknown = set(attention_state) - set(plantable)
         if unknown:
             raise ValueError(f"Cannot plant {sorted(unknown)} into this model: only {plantable} score tokens.")
@@ -705,7 +723,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         """
         chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
         states = self._flat_states(chunks)
-        weights = self.label_attention.document_label_weights(
+        weights = self.score.document_label_weights(
             states.hidden_states, states.attention_mask, label_ids, states.input_ids
         )
         return chunks.to_input_layout(weights)
@@ -720,6 +738,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         token_states: torch.FloatTensor | None = None,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> PlantOutput:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)` or `(batch_size, chunks, chunk_length)`):
@@ -732,12 +751,19 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             Multi-hot targets (0/1, or soft targets in [0, 1]) for the binary cross-entropy loss.
         output_attentions (`bool`, *optional*):
             Also return each label's attention over the input tokens (`label_attentions`).
+        output_hidden_states (`bool`, *optional*):
+            Also return the token states the head read (`hidden_states`).
         """
+        for name, given in (("token_states", token_states), ("inputs_embeds", inputs_embeds)):
+            if given is not None and not bool(torch.isfinite(given).all()):
+                raise ValueError(f"{name} hold NaN or infinite values: the head would turn them into NaN logits.")
+        states = None
         if token_states is not None:
             logits, maps = self._attend_to_states(token_states, attention_mask, input_ids, bool(output_attentions))
+            states = token_states
         else:
             chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
-            logits, maps = self._attend_to_chunks(chunks, bool(output_attentions))
+            logits, maps, states = self._attend_to_chunks(chunks, bool(output_attentions), bool(output_hidden_states))
             maps = None if maps is None else chunks.to_input_layout(maps)
         loss = None
         if labels is not None:
@@ -750,21 +776,30 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             if not bool(((targets >= 0) & (targets <= 1)).all()):  # NaN fails both comparisons
                 raise ValueError("labels must be targets in [0, 1] (multi-hot, or soft), without NaN.")
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
-        return PlantOutput(loss=loss, logits=logits, label_attentions=maps)
+        hidden_states = (states,) if output_hidden_states else None
+        return PlantOutput(loss=loss, logits=logits, hidden_states=hidden_states, label_attentions=maps)
 
-    def _attend_to_chunks(self, chunks: DocumentChunks, keep_maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _attend_to_chunks(
+        self, chunks: DocumentChunks, keep_maps: bool, keep_states: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Logits, attention maps (`keep_maps`) and the token states read (`keep_states`)."""
         batch_size = chunks.attention_mask.shape[0]
-        state = self.label_attention.init_state(batch_size, chunks.attention_mask.device, keep_scores=keep_maps)
+        state = self.score.init_state(batch_size, chunks.attention_mask.device, keep_scores=keep_maps)
         if self.config.streaming:
+            kept = []
             for index in range(chunks.num_chunks):
                 inputs, mask = chunks.chunk(index)
-                hidden_states = self.dropout(self._run_backbone(inputs, mask))
-                state = self.label_attention.fold(state, hidden_states, mask, inputs.get("input_ids"))
+                hidden_states = self._run_backbone(inputs, mask)
+                kept += [hidden_states] if keep_states else []
+                state = self.score.fold(state, self.dropout(hidden_states), mask, inputs.get("input_ids"))
+            read = torch.cat(kept, dim=1) if keep_states else None
         else:
             states = self._flat_states(chunks)
+            read = states.hidden_states if keep_states else None
             hidden_states = self.dropout(states.hidden_states)
-            state = self.label_attention.fold(state, hidden_states, states.attention_mask, states.input_ids)
-        return self.label_attention.finalize(state)
+            state = self.score.fold(state, hidden_states, states.attention_mask, states.input_ids)
+        logits, maps = self.score.finalize(state)
+        return logits, maps, read
 
     def _flat_states(self, chunks: DocumentChunks) -> PlantTokenStates:
         """The backbone run over all chunks at once, its states laid out per document `(batch, tokens, hidden)`."""
@@ -791,9 +826,9 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(token_states.shape[:2])}."
             )
-        state = self.label_attention.init_state(token_states.shape[0], token_states.device, keep_scores=keep_maps)
-        state = self.label_attention.fold(state, self.dropout(token_states), attention_mask.bool(), input_ids)
-        return self.label_attention.finalize(state)
+        state = self.score.init_state(token_states.shape[0], token_states.device, keep_scores=keep_maps)
+        state = self.score.fold(state, self.dropout(token_states), attention_mask.bool(), input_ids)
+        return self.score.finalize(state)
 
     def _chunk(self, input_ids, attention_mask, token_type_ids, inputs_embeds) -> DocumentChunks:
         if (input_ids is None) == (inputs_embeds is None):
@@ -847,6 +882,25 @@ def _backbone_from_config(text_config) -> PreTrainedModel:
     if "add_pooling_layer" in inspect.signature(_backbone_class(text_config).__init__).parameters:
         kwargs["add_pooling_layer"] = False
     return AutoModel.from_config(text_config, **kwargs)
+
+
+# Backbone families whose default LoRA targets PEFT knows. No family's defaults name another's modules, so on any
+# one backbone their union selects exactly that family's own defaults.
+PEFT_DEFAULT_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "bert", "roberta", "xlm-roberta")
+
+
+def _register_with_peft() -> None:
+    """Let PEFT choose a PLANT model's default LoRA targets (`target_modules=None`) as it does for its backbone.
+
+    Only once PEFT is imported (a script that builds a PEFT model has imported it): importing it here would slow
+    every model load for users who never adapt one.
+    """
+    if "peft" not in sys.modules:
+        return
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+
+    union = {name for family in PEFT_DEFAULT_FAMILIES for name in defaults.get(family, ())}
+    defaults.setdefault(PlantConfig.model_type, sorted(union))
 
 
 def _forward_parameters(module: nn.Module) -> set[str]:

@@ -96,8 +96,8 @@ def tiny_model(name: str = "llama", num_labels: int = 6, seed: int = 0, **head_k
         PlantConfig(text_config=tiny_backbone(name), num_labels=num_labels, **head_kwargs)
     )
     # The salience starts at zero; give it weight so that tests exercise every term of the scores.
-    torch.nn.init.normal_(model.label_attention.salience.weight, std=0.5)
-    torch.nn.init.normal_(model.label_attention.label_queries, std=0.5)
+    torch.nn.init.normal_(model.score.salience.weight, std=0.5)
+    torch.nn.init.normal_(model.score.label_queries, std=0.5)
     return model.eval()
 
 

@@ -101,7 +101,7 @@ def test_push_sends_a_lora_adapter_alone(tmp_path):
 
     adapted = get_peft_model(
         tiny_model("llama"),
-        LoraConfig(r=2, target_modules=r"model\..*\.(q_proj|v_proj)", modules_to_save=["label_attention"]),
+        LoraConfig(r=2, target_modules=r"model\..*\.(q_proj|v_proj)", modules_to_save=["score"]),
     )
     adapted.save_pretrained(tmp_path / "adapter")
     api = FakeHfApi()

@@ -119,10 +119,37 @@ def test_from_backbone_loads_every_backbone_weight(tmp_path, name, checkpoint_cl
 
 def test_from_backbone_initialises_the_new_head(tmp_path):
     LlamaForCausalLM(tiny_backbone("llama")).save_pretrained(tmp_path)
-    head = PlantForMultiLabelClassification.from_backbone(str(tmp_path), num_labels=500).label_attention
+    head = PlantForMultiLabelClassification.from_backbone(str(tmp_path), num_labels=500).score
     for weights in (head.label_queries, head.label_weights, head.key.weight):
         assert torch.isfinite(weights).all() and 0.015 < weights.std() < 0.025
     assert torch.all(head.label_bias == 0) and torch.all(head.salience.weight == 0)
+
+
+def test_the_load_report_lists_only_what_is_wrong_with_the_backbone(tmp_path):
+    """The new head is expected to be missing from a backbone checkpoint; a backbone weight that is missing is not,
+    and a saved PLANT model missing its head is reported as any incomplete checkpoint is."""
+    from safetensors.torch import load_file, save_file
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    LlamaForCausalLM(tiny_backbone("llama")).save_pretrained(tmp_path)
+    with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as captured:
+        model = PlantForMultiLabelClassification.from_backbone(str(tmp_path), num_labels=3)
+    assert "MISSING" not in captured.out
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    del weights["model.norm.weight"]
+    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as captured:
+        PlantForMultiLabelClassification.from_backbone(str(tmp_path), num_labels=3)
+    assert "model.norm.weight" in captured.out and "score." not in captured.out
+    model.save_pretrained(tmp_path / "plant")
+    weights = load_file(str(tmp_path / "plant" / "model.safetensors"))
+    save_file(
+        {k: v for k, v in weights.items() if k != "score.label_bias"}, str(tmp_path / "plant" / "model.safetensors")
+    )
+    with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as captured:
+        PlantForMultiLabelClassification.from_pretrained(tmp_path / "plant")
+    assert "score.label_bias" in captured.out and "MISSING" in captured.out
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes (extra `quant`)")
@@ -137,8 +164,8 @@ def test_from_backbone_with_4bit_quantization(tmp_path):
         str(tmp_path), num_labels=3, quantization_config=quantization, device_map="cpu"
     )
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
-    assert type(model.label_attention.key) is torch.nn.Linear
-    assert {p.dtype for p in model.label_attention.parameters()} == {torch.float32}
+    assert type(model.score.key) is torch.nn.Linear
+    assert {p.dtype for p in model.score.parameters()} == {torch.float32}
     out = model(input_ids=random_ids(2, 6), labels=torch.ones(2, 3))
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
 
@@ -147,12 +174,12 @@ def test_from_backbone_keeps_the_head_in_fp32(tmp_path):
     LlamaForCausalLM(tiny_backbone("llama")).to(torch.bfloat16).save_pretrained(tmp_path)
     model = PlantForMultiLabelClassification.from_backbone(str(tmp_path), num_labels=3, dtype=torch.bfloat16)
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
-    assert {p.dtype for p in model.label_attention.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.score.parameters()} == {torch.float32}
     logits = model(input_ids=random_ids(2, 6)).logits
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
     model.save_pretrained(tmp_path / "plant")
     reloaded = AutoModel.from_pretrained(tmp_path / "plant", dtype=torch.bfloat16)
-    assert {p.dtype for p in reloaded.label_attention.parameters()} == {torch.float32}
+    assert {p.dtype for p in reloaded.score.parameters()} == {torch.float32}
 
 
 def test_from_backbone_passes_the_attention_implementation(tmp_path):

@@ -11,7 +11,7 @@ from conftest import DECODERS, random_ids, tiny_model
 
 def reference_logits(model, hidden_states, attention_mask, inattention_k=None):
     """The head written out directly over all tokens at once: masked softmax, then attention-weighted values."""
-    head = model.label_attention
+    head = model.score
     hidden_states = hidden_states.float()
     scores = hidden_states @ head.key.weight.T @ head.label_queries.T + hidden_states @ head.salience.weight.T
     scores = scores.masked_fill(~attention_mask.bool().unsqueeze(-1), float("-inf"))
@@ -19,7 +19,7 @@ def reference_logits(model, hidden_states, attention_mask, inattention_k=None):
         kth = scores.topk(inattention_k, dim=1).values[:, -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     attention = torch.nan_to_num(torch.softmax(scores, dim=1), nan=0.0)
-    value_states = head.value(hidden_states)
+    value_states = hidden_states if head.value_projection is None else head.value_projection(hidden_states)
     return (attention * (value_states @ head.label_weights.T)).sum(1) + head.label_bias
 
 
@@ -53,7 +53,7 @@ def test_logits_follow_the_written_out_formula(backbone_name, inattention_k, low
         backbone_name, num_labels=7, inattention_k=inattention_k, label_attention_dim=low_rank, label_value_dim=low_rank
     )
     if low_rank:
-        assert model.label_attention.label_weights.shape == model.label_attention.label_queries.shape == (7, 8)
+        assert model.score.label_weights.shape == model.score.label_queries.shape == (7, 8)
     input_ids = random_ids(2, 11)
     mask = torch.ones_like(input_ids)
     mask[1, 8:] = 0
@@ -139,12 +139,12 @@ def test_inattention_with_k_at_least_the_length_is_no_inattention(streaming):
 def test_empty_document_gives_the_label_bias_without_nan(inattention_k, streaming):
     model = tiny_model("llama", chunk_size=4, streaming=streaming, inattention_k=inattention_k).train()
     with torch.no_grad():
-        model.label_attention.label_bias.normal_()
+        model.score.label_bias.normal_()
     input_ids = random_ids(2, 9)
     mask = torch.ones_like(input_ids)
     mask[0] = 0
     out = model(input_ids=input_ids, attention_mask=mask, labels=torch.ones(2, 6), output_attentions=True)
-    torch.testing.assert_close(out.logits[0], model.label_attention.label_bias)
+    torch.testing.assert_close(out.logits[0], model.score.label_bias)
     assert torch.isfinite(out.logits).all() and torch.all(out.label_attentions[0] == 0)
     assert all(torch.isfinite(grad).all() for grad in parameter_grads(model, out.loss).values())
 
@@ -152,14 +152,14 @@ def test_empty_document_gives_the_label_bias_without_nan(inattention_k, streamin
 def test_batch_of_only_empty_documents():
     model = tiny_model("bert")
     out = model(input_ids=random_ids(2, 5), attention_mask=torch.zeros(2, 5), labels=torch.ones(2, 6))
-    torch.testing.assert_close(out.logits, model.label_attention.label_bias.expand(2, 6))
+    torch.testing.assert_close(out.logits, model.score.label_bias.expand(2, 6))
 
 
 def test_very_large_scores_stay_finite():
     model = tiny_model("llama", inattention_k=None).train()
     with torch.no_grad():
-        model.label_attention.label_queries.mul_(1e6)
-        model.label_attention.salience.weight.mul_(1e6)
+        model.score.label_queries.mul_(1e6)
+        model.score.salience.weight.mul_(1e6)
     out = model(input_ids=random_ids(2, 10), labels=torch.ones(2, 6))
     assert torch.isfinite(out.logits).all()
     assert all(torch.isfinite(grad).all() for grad in parameter_grads(model, out.loss).values())
@@ -220,7 +220,7 @@ def test_half_precision_backbone_keeps_an_fp32_head_without_nan(name, dtype):
 
 
 def test_bf16_autocast_runs_the_head_products_in_bf16_and_keeps_fp32_outputs():
-    head = tiny_model("llama", num_labels=40, label_block_size=16).label_attention
+    head = tiny_model("llama", num_labels=40, label_block_size=16).score
     hidden_states = torch.randn(3, 12, head.key.in_features)
     mask = torch.ones(3, 12, dtype=torch.bool)
     mask[1, 5:], mask[2] = False, False  # padding and an empty document
@@ -340,3 +340,14 @@ def test_label_attention_maps_of_chosen_labels_match_the_forward_maps(inattentio
     torch.testing.assert_close(maps[0], everything[0, [5, 1]])
     torch.testing.assert_close(maps[1, 0], everything[1, 2])
     assert torch.all(maps[1, 1] == 0)  # a padding label attends to nothing
+
+
+@pytest.mark.parametrize("given", ["token_states", "inputs_embeds"])
+def test_nan_or_infinite_inputs_are_refused(given):
+    model = tiny_model("llama", num_labels=3)
+    values = torch.zeros(2, 5, 32)
+    assert torch.isfinite(model(**{given: values}).logits).all()
+    for bad in (float("nan"), float("inf")):
+        values[1, 2, 7] = bad
+        with pytest.raises(ValueError, match=f"{given} hold NaN or infinite values"):
+            model(**{given: values})

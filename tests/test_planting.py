@@ -180,7 +180,7 @@ def test_transplanted_attention_scores_like_the_ranker(workspace, contextual_ran
     assert planted == ["key.weight", "label_queries", "salience.weight"]
     ranking_attention = PlantForMultiLabelClassification.from_backbone(
         str(workspace / "backbone"), id2label=dict(enumerate(labels)), chunk_size=64
-    ).label_attention
+    ).score
     ranking_attention.load_state_dict(ranker.state, strict=False)
     ids = torch.randint(4, 200, (2, 1, 20))
     states = model.encode(ids, torch.ones_like(ids))
@@ -188,7 +188,7 @@ def test_transplanted_attention_scores_like_the_ranker(workspace, contextual_ran
     by_ranker = ranking_attention.document_label_scores(
         states.hidden_states, states.attention_mask, torch.tensor([[3, 7]] * 2)
     )
-    by_model = model.label_attention.document_label_scores(
+    by_model = model.score.document_label_scores(
         states.hidden_states, states.attention_mask, torch.tensor([[shuffled.index(n) for n in label_names]] * 2)
     )
     torch.testing.assert_close(by_model, by_ranker)

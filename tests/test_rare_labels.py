@@ -21,7 +21,7 @@ def cached_documents(count: int, labels: list[list[int]], hidden: int = 32, seed
 
 def context_by_hand(model, states: torch.Tensor, label: int) -> torch.Tensor:
     """sum_t softmax_t(K_t . U_l + g_t) H_t, written out."""
-    attention = model.label_attention
+    attention = model.score
     scores = states @ attention.key.weight.T @ attention.label_queries[label] + states @ attention.salience.weight[0]
     return torch.softmax(scores, dim=0) @ states
 
@@ -45,7 +45,7 @@ def test_prototype_initialisation_reproduces_the_mean_context_of_a_labels_docume
         torch.testing.assert_close(prototypes.reference_mean[1], everywhere.mean(0), rtol=1e-5, atol=1e-6)
     assert prototypes.positive_count.tolist() == [2.0, 1.0, 3.0, 5.0]
 
-    initialize_label_weights(model.label_attention, prototypes, label_counts=[2, 1, 3, 5], num_documents=8)
+    initialize_label_weights(model.score, prototypes, label_counts=[2, 1, 3, 5], num_documents=8)
     collate = CachedDocumentCollator()
     with torch.no_grad():
         logits = model(**collate([{k: v for k, v in documents[1].items() if k != "label_ids"}])).logits[0]
@@ -59,8 +59,8 @@ def test_prototype_initialisation_reproduces_the_mean_context_of_a_labels_docume
         # A label's logit is its context read through its weights, plus its bias.
         states = documents[1]["token_states"][None]
         mask = torch.ones(states.shape[:2], dtype=torch.bool)
-        contexts = model.label_attention.label_contexts(states, mask, torch.arange(4)[None])[0]
-        attention = model.label_attention
+        contexts = model.score.label_contexts(states, mask, torch.arange(4)[None])[0]
+        attention = model.score
         torch.testing.assert_close(
             logits, (contexts * attention.label_weights).sum(-1) + attention.label_bias, rtol=1e-5, atol=1e-5
         )
@@ -70,27 +70,27 @@ def test_prior_bias_initialisation_is_each_labels_log_odds():
     from plant_hf.planting.prototypes import initialize_label_bias
 
     model = tiny_model("bert", num_labels=3)
-    initialize_label_bias(model.label_attention, label_counts=[1, 5, 10], num_documents=20)
+    initialize_label_bias(model.score, label_counts=[1, 5, 10], num_documents=20)
     expected = torch.tensor([math.log(1 / 19), math.log(5 / 15), 0.0])
-    torch.testing.assert_close(model.label_attention.label_bias.detach(), expected)
+    torch.testing.assert_close(model.score.label_bias.detach(), expected)
 
 
 def test_context_gate_mixes_each_labels_attention_context_with_the_documents_mean_state():
     from plant_hf.planting.prototypes import initialize_context_gates
 
     gated = tiny_model("bert", num_labels=4, context_gate=True)
-    initialize_context_gates(gated.label_attention, label_counts=[1, 5, 45, 0])
-    gates = gated.label_attention.context_gates()
+    initialize_context_gates(gated.score, label_counts=[1, 5, 45, 0])
+    gates = gated.score.context_gates()
     # g = max(1/2, k / (k + n)) with k = 5; a label with no documents stops short of 1, where the sigmoid would pass
     # no gradient.
     torch.testing.assert_close(gates[:3], torch.tensor([5 / 6, 0.5, 0.5]))
     assert 0.999 < gates[3] < 1.0
     plain = tiny_model("bert", num_labels=4)
-    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k != "label_attention.label_context_gate"})
+    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k != "score.label_context_gate"})
 
     documents = cached_documents(2, [[0], [1, 2]])
     batch = CachedDocumentCollator()([{k: v for k, v in d.items() if k != "label_ids"} for d in documents])
-    attention = gated.label_attention
+    attention = gated.score
     with torch.no_grad():
         logits = gated(**batch).logits
         attended = plain(**batch).logits - attention.label_bias

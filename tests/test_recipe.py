@@ -206,15 +206,15 @@ def test_discriminative_learning_rates_and_gradual_unfreezing(tmp_path, tokenize
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
             snapshots.append(
                 {
-                    "head": model.label_attention.label_weights.detach().clone(),
-                    "attention": model.label_attention.key.weight.detach().clone(),
+                    "head": model.score.label_weights.detach().clone(),
+                    "attention": model.score.key.weight.detach().clone(),
                     "backbone": model.model.embeddings.word_embeddings.weight.detach().clone(),
                 }
             )
 
     initial = {
-        "head": model.label_attention.label_weights.detach().clone(),
-        "attention": model.label_attention.key.weight.detach().clone(),
+        "head": model.score.label_weights.detach().clone(),
+        "attention": model.score.key.weight.detach().clone(),
         "backbone": model.model.embeddings.word_embeddings.weight.detach().clone(),
     }
     trainer = PlantTrainer(

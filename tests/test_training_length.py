@@ -67,9 +67,9 @@ def test_early_stopping_stops_on_a_plateau_and_keeps_the_best_checkpoint(tmp_pat
     best = load_file(str(Path(trainer.state.best_model_checkpoint) / "model.safetensors"))
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-6")  # 2 steps an epoch
     last = load_file(str(tmp_path / "checkpoint-10" / "model.safetensors"))
-    weights = model.label_attention.label_weights.detach()
-    torch.testing.assert_close(weights, best["label_attention.label_weights"], rtol=0, atol=0)
-    assert not torch.equal(weights, last["label_attention.label_weights"])
+    weights = model.score.label_weights.detach()
+    torch.testing.assert_close(weights, best["score.label_weights"], rtol=0, atol=0)
+    assert not torch.equal(weights, last["score.label_weights"])
 
 
 def test_without_evaluation_training_runs_to_its_ceiling(tmp_path):

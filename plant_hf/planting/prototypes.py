@@ -83,7 +83,7 @@ def label_prototypes(
     The reference sample holds at most `reference_documents` documents, fewer when there are so many labels that
     their contexts on the sample would cost more than a few million single-label contexts.
     """
-    attention: PlantLabelAttention = model.label_attention
+    attention: PlantLabelAttention = model.score
     device = attention.label_queries.device
     num_labels, width = attention.label_weights.shape
     totals = torch.zeros(num_labels, width, dtype=torch.float64, device=device)
@@ -115,7 +115,7 @@ def label_prototypes(
 def _reference_sums(model, documents, collator, sample: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums of the contexts of every label over the sample documents and of their squares, one document at a time
     and in blocks of labels (peak memory: one block of labels x one document's tokens)."""
-    attention: PlantLabelAttention = model.label_attention
+    attention: PlantLabelAttention = model.score
     num_labels, width = attention.label_weights.shape
     total = torch.zeros(num_labels, width, dtype=torch.float64, device=device)
     square = torch.zeros(num_labels, width, dtype=torch.float64, device=device)

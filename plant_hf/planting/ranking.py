@@ -114,11 +114,11 @@ class DocumentRanker(nn.Module):
         ndcg_k: int = 10,
     ):
         super().__init__()
-        if encoder is not None and encoder.label_attention is not attention:
-            raise ValueError("With an encoder, the ranked attention must be the encoder's own label_attention.")
+        if encoder is not None and encoder.score is not attention:
+            raise ValueError("With an encoder, the ranked attention must be the encoder's own head (its `score`).")
         # Registered once (through the encoder when there is one), so that checkpoints hold each weight once.
         self.encoder = encoder
-        self.label_attention = attention if encoder is None else None
+        self.score = attention if encoder is None else None
         self.contextual = contextual
         self.temperature = temperature
         self.max_relevant = max_relevant
@@ -126,7 +126,7 @@ class DocumentRanker(nn.Module):
 
     @property
     def attention(self) -> PlantLabelAttention:
-        return self.encoder.label_attention if self.encoder is not None else self.label_attention
+        return self.encoder.score if self.encoder is not None else self.score
 
     def forward(
         self,
@@ -165,14 +165,14 @@ class StaticRanker(nn.Module):
         super().__init__()
         if not attention.has_prior:
             raise ValueError("The static ranker trains a static prior: build the attention with prior_rank.")
-        self.label_attention = attention
+        self.score = attention
         self.temperature = temperature
         self.ndcg_k = ndcg_k
 
     def forward(
         self, label_ids: torch.Tensor, input_ids: torch.Tensor, grades: torch.Tensor, attention_mask: torch.Tensor
     ) -> RankerOutput:
-        scores = self.label_attention.document_label_scores(None, attention_mask, label_ids.unsqueeze(1), input_ids)
+        scores = self.score.document_label_scores(None, attention_mask, label_ids.unsqueeze(1), input_ids)
         grades = grades.unsqueeze(1)
         loss = approx_ndcg_loss(scores, grades, attention_mask, self.temperature, max_relevant=scores.shape[-1])
         ndcg = ndcg_at_k(scores.detach(), grades, attention_mask, self.ndcg_k)

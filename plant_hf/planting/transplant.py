@@ -105,7 +105,7 @@ def plant(
             f"The ranker was trained with tokenizer {config.tokenizer_name!r}; this tokenizer splits text "
             "differently. Train the ranker with the classifier's backbone and tokenizer."
         )
-    if "prior_label_factors" in ranker.state and not model.label_attention.has_prior:
+    if "prior_label_factors" in ranker.state and not model.score.has_prior:
         raise ArtifactMismatchError(
             f"The ranker carries a static prior of rank {config.prior_rank}; build the classifier with "
             f"static_prior_rank={config.prior_rank} to plant it."

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from datasets import Dataset
+from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import is_bitsandbytes_available, logging
 
@@ -266,12 +267,19 @@ def _check_lora_targets(backbone: str, args: Any) -> None:
     from accelerate import init_empty_weights
     from transformers import AutoModel
 
-    from ..lora import lora_config_for
-
+    if not args.lora_target_modules:
+        return
     config = AutoConfig.from_pretrained(backbone, trust_remote_code=args.trust_remote_code)
     with init_empty_weights():
         empty = AutoModel.from_config(config, trust_remote_code=args.trust_remote_code)
-    lora_config_for(empty, config.model_type, target_modules=args.lora_target_modules)
+    present = {name.rsplit(".", 1)[-1] for name, module in empty.named_modules() if isinstance(module, nn.Linear)}
+    missing = [target for target in args.lora_target_modules if target not in present]
+    if missing:
+        raise ValueError(
+            f"--lora_target_modules: the backbone ({config.model_type}) has no linear layer named {missing}; its "
+            f"linear layers are {sorted(present)[:20]}. Name LoRA targets that exist, or leave the option out "
+            "(every linear layer)."
+        )
 
 
 def split_roles(splits: dict[str, Dataset], seed: int) -> tuple[dict[str, Dataset], dict[str, str]]:

@@ -4,7 +4,7 @@
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from transformers import set_seed
@@ -13,7 +13,6 @@ from transformers.utils import logging
 from ..cache import CachedDocumentCollator
 from ..data import PlantDataCollator
 from ..files import atomic_path
-from ..lora import lora_config_for
 from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting.prototypes import (
     initialize_context_gates,
@@ -31,6 +30,9 @@ from ..training.trainer import (
     training_summary,
 )
 from .data import RunContext, pad_token_id
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 logger = logging.get_logger(__name__)
 
@@ -82,7 +84,22 @@ class FinetuningArguments:
     lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default: 2 r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "LoRA targets (default: the backbone family's attention and MLP layers)."}
+        default=None, metadata={"help": "LoRA targets, by module name (default: every linear layer of the backbone)."}
+    )
+
+
+def lora_config(args: Any, with_head: bool = True) -> "LoraConfig":
+    """The run's LoRA adapter: every linear layer of the backbone, or the named ones. `with_head` keeps the head
+    (`score`) out of the targets and trains it whole, saved with the adapter, as PEFT does for any classifier."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha or 2 * args.lora_r,
+        lora_dropout=args.lora_dropout,
+        target_modules=args.lora_target_modules or "all-linear",
+        modules_to_save=["score"] if with_head else None,
+        bias="none",
     )
 
 
@@ -161,7 +178,7 @@ def finetune_stage(context: RunContext, ranker: Path | None) -> Path:
 def _initialize_labels(context: RunContext, model: PlantForMultiLabelClassification) -> None:
     """Start the context gates from the label frequencies and the label weights and biases as `--label_init` says,
     from the training split only."""
-    vocabulary, attention = context.vocabulary, model.label_attention
+    vocabulary, attention = context.vocabulary, model.score
     if attention.has_context_gate:
         initialize_context_gates(attention, vocabulary.counts)
     if context.args.label_init == "prior":
@@ -194,17 +211,7 @@ def _prepare_finetuning(context: RunContext, model: PlantForMultiLabelClassifica
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=bool(context.training.gradient_checkpointing)
             )
-        config = lora_config_for(
-            model.model,
-            model.config.text_config.model_type,
-            r=args.lora_r,
-            alpha=args.lora_alpha,
-            dropout=args.lora_dropout,
-            target_modules=args.lora_target_modules,
-            prefix="model",
-        )
-        config.modules_to_save = ["label_attention"]
-        model = get_peft_model(model, config)
+        model = get_peft_model(model, lora_config(args))
         if context.is_main:
             trainable, total = model.get_nb_trainable_parameters()
             logger.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
@@ -256,4 +263,5 @@ __all__ = [
     "classifier",
     "finetune_stage",
     "inference_inputs",
+    "lora_config",
 ]

@@ -14,13 +14,13 @@ from transformers import Trainer, set_seed
 from transformers.utils import logging
 
 from ..data import LabelVocabulary
-from ..lora import lora_config_for
 from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting import MIGTable, tokenizer_fingerprint
 from ..planting.ranking import DocumentRanker, RankerCollator, StaticListCollator, StaticRanker
 from ..planting.transplant import RankerConfig, save_ranker
 from ..training.trainer import PlantTrainer, PlantTrainingArguments, last_complete_checkpoint, training_summary
 from .data import RunContext, pad_token_id
+from .finetuning import lora_config
 
 logger = logging.get_logger(__name__)
 
@@ -120,13 +120,11 @@ def ranker_stage(context: RunContext, mig: MIGTable | None) -> Path | None:
         if args.ranker_backbone_mode == "lora":
             from peft import get_peft_model
 
-            model.model = get_peft_model(
-                model.model, lora_config_for(model.model, model.config.text_config.model_type, r=args.lora_r)
-            )
+            model.model = get_peft_model(model.model, lora_config(args, with_head=False))
             peft_backbone = model.model
         metrics["contextual"] = _pretrain_contextual(context, model, mig, folder)
     if context.is_main:
-        save_ranker(folder, model.label_attention, _ranker_config(context, model, metrics), peft_backbone)
+        save_ranker(folder, model.score, _ranker_config(context, model, metrics), peft_backbone)
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the ranker folder now holds the best epoch
         _log_summary(metrics, folder)
     from accelerate import PartialState
@@ -178,8 +176,8 @@ def _documents(context: RunContext, model, split: str):
 
 def _pretrain_static(context: RunContext, model, mig: MIGTable, folder: Path) -> dict[str, Any]:
     args = context.args
-    ranker = StaticRanker(model.label_attention, temperature=args.ranker_temperature, ndcg_k=args.ranker_ndcg_k)
-    on_documents = DocumentRanker(model.label_attention, contextual=False, ndcg_k=args.ranker_ndcg_k)
+    ranker = StaticRanker(model.score, temperature=args.ranker_temperature, ndcg_k=args.ranker_ndcg_k)
+    on_documents = DocumentRanker(model.score, contextual=False, ndcg_k=args.ranker_ndcg_k)
     held_out = context.tokenized("dev")
     collator = RankerCollator(mig, max_labels=args.ranker_max_labels, pad_token_id=pad_token_id(model))
     checkpoints = folder / "checkpoints-static"
@@ -201,7 +199,7 @@ def _pretrain_contextual(context: RunContext, model, mig: MIGTable, folder: Path
     collator = RankerCollator(mig, max_labels=args.ranker_max_labels, pad_token_id=pad_token_id(model))
     documents = {split: _documents(context, model, split) for split in ("train", "dev")}
     ranker = DocumentRanker(
-        model.label_attention,
+        model.score,
         encoder=None if args.ranker_backbone_mode == "frozen" else model,
         temperature=args.ranker_temperature,
         ndcg_k=args.ranker_ndcg_k,

@@ -3,6 +3,7 @@ rates for the head, the planted attention and the backbone, gradual unfreezing, 
 stops improving."""
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +22,13 @@ logger = logging.get_logger(__name__)
 
 # The three parts of a PLANT classifier that the recipe trains at their own rates and unfreezes in turn.
 PARAMETER_GROUPS = ("head", "attention", "backbone")
+_HEAD = re.compile(r"(^|\.)score\.")
 
 
 def parameter_group(name: str) -> str:
     """The recipe group of a parameter, by its (possibly PEFT-wrapped) name: the head's output weights and biases,
     the planted attention (everything else of the label attention), or the backbone."""
-    if "label_attention." not in name:
+    if not _HEAD.search(name):
         return "backbone"
     return "head" if name.rsplit(".", 1)[-1] in ("label_weights", "label_bias") else "attention"
 
