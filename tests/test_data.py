@@ -19,6 +19,7 @@ from plant_hf.data import (
     read_caml_csv,
     read_hub,
     read_jsonl,
+    read_predictions,
     read_xmc_base,
     tokenize_split,
 )
@@ -270,6 +271,48 @@ def test_bad_files_are_refused_naming_the_file_line_and_fix(tmp_path, name, writ
         assert "--on_error skip" in str(refused.value)
         dataset, report = read_jsonl(path, on_error="skip")
         assert dataset["id"] == ["a"] and sum(report.skipped.values()) == 1
+
+
+def _latin1_csv(folder):
+    return _bytes_file(
+        folder / "notes.csv",
+        b'HADM_ID,TEXT,LABELS\n1,"w5\nw6",X\n2,"w7\ncaf\xe9",Y\n3,w8,Z\n',
+    )
+
+
+def _latin1_attentionxml(folder):
+    _bytes_file(folder / "train_labels.txt", b"X\nY\nZ\n")
+    return _bytes_file(folder / "train_texts.txt", b"w5\ncaf\xe9\nw8\n")
+
+
+def _latin1_xmc_base(folder):
+    sparse.save_npz(folder / "Y.trn.npz", sparse.csr_matrix(np.eye(3)))
+    (folder / "output-items.txt").write_text("X\nY\nZ\n")
+    return _bytes_file(folder / "X.trn.txt", b"w5\ncaf\xe9\nw8\n")
+
+
+@pytest.mark.parametrize(
+    ("write", "read", "where"),
+    [
+        (_latin1_csv, read_caml_csv, r"notes\.csv:5: byte 0xe9 at column 4"),
+        (_latin1_attentionxml, lambda path, **kw: read_attentionxml(path, path.parent / "train_labels.txt", **kw),
+         r"train_texts\.txt:2: byte 0xe9 at column 4"),
+        (_latin1_xmc_base, lambda path, **kw: read_xmc_base(path.parent, "train", **kw),
+         r"X\.trn\.txt:2: byte 0xe9 at column 4"),
+    ],
+)  # fmt: skip
+def test_every_reader_names_the_line_of_a_byte_that_is_not_utf8(tmp_path, write, read, where):
+    path = write(tmp_path)
+    with pytest.raises(DataFormatError, match=where + r" is not UTF-8\. Save the file as UTF-8"):
+        read(path)
+    dataset, report = read(path, on_error="skip")
+    assert len(dataset) == 2 and dataset["labels"][1] == ["Z"] and sum(report.skipped.values()) == 1
+
+
+def test_a_prediction_file_that_is_not_utf8_is_refused_naming_its_line(tmp_path):
+    path = _bytes_file(tmp_path / "preds.jsonl", b'{"id": "a", "labels": [], "scores": []}\n{"id": "caf\xe9"}\n')
+    with pytest.raises(DataFormatError, match=r"preds\.jsonl:2: byte 0xe9 at column 12 is not UTF-8"):
+        read_predictions(path)
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_record(tmp_path):

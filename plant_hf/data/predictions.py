@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import atomic_path
-from .readers import DataFormatError, _open_text
+from .readers import DataFormatError, _not_utf8, _numbered_lines, _utf8
 
 
 @dataclass
@@ -23,26 +23,29 @@ def read_predictions(path: str | os.PathLike) -> list[PredictionRecord]:
     """Read a prediction file; a malformed line is an error naming the file and line."""
     path = Path(path)
     records, seen = [], set()
-    with _open_text(path) as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(f"{where}: malformed JSON ({error.msg}). Fix the line.") from None
-            if not isinstance(record, dict) or "id" not in record:
-                raise DataFormatError(f'{where}: a prediction needs an "id" matching the evaluated document.')
-            labels, scores = record.get("labels"), record.get("scores")
-            if not isinstance(labels, list) or not isinstance(scores, list) or len(labels) != len(scores):
-                raise DataFormatError(
-                    f'{where}: "labels" and "scores" must be lists of equal length (ranked labels, their scores).'
-                )
-            if str(record["id"]) in seen:
-                raise DataFormatError(f"{where}: document {record['id']!r} is predicted twice.")
-            seen.add(str(record["id"]))
-            records.append(PredictionRecord(str(record["id"]), [str(x) for x in labels], [float(x) for x in scores]))
+    for number, raw in _numbered_lines(path):
+        where = f"{path}:{number}"
+        try:
+            line = _utf8(number, raw)
+        except UnicodeDecodeError as error:
+            raise DataFormatError(f"{where}: {_not_utf8(raw, error)}. Save the file as UTF-8.") from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFormatError(f"{where}: malformed JSON ({error.msg}). Fix the line.") from None
+        if not isinstance(record, dict) or "id" not in record:
+            raise DataFormatError(f'{where}: a prediction needs an "id" matching the evaluated document.')
+        labels, scores = record.get("labels"), record.get("scores")
+        if not isinstance(labels, list) or not isinstance(scores, list) or len(labels) != len(scores):
+            raise DataFormatError(
+                f'{where}: "labels" and "scores" must be lists of equal length (ranked labels, their scores).'
+            )
+        if str(record["id"]) in seen:
+            raise DataFormatError(f"{where}: document {record['id']!r} is predicted twice.")
+        seen.add(str(record["id"]))
+        records.append(PredictionRecord(str(record["id"]), [str(x) for x in labels], [float(x) for x in scores]))
     return records
 
 

@@ -116,12 +116,6 @@ def _describe(value: Any) -> str:
     return "missing" if value is None else f"a {type(value).__name__}"
 
 
-def _open_text(path: Path):
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", encoding="utf-8-sig") if gzipped else open(path, encoding="utf-8-sig")
-
-
 def _numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """The raw lines of a plain or gzipped file, numbered from 1; a compressed stream that breaks off is an error
     naming the file and the last whole line."""
@@ -142,16 +136,36 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 def _decoded(where: str, number: int, raw: bytes, report: ReadReport, on_error: OnError) -> str | None:
     """A raw line as text (a byte-order mark at the start of the file dropped), or None when it is not UTF-8."""
     try:
-        line = raw.decode("utf-8")
+        return _utf8(number, raw)
     except UnicodeDecodeError as error:
-        report.problem(
-            where,
-            f"byte {raw[error.start]:#04x} at column {error.start + 1} is not UTF-8",
-            "Save the file as UTF-8",
-            on_error,
-        )
+        report.problem(where, _not_utf8(raw, error), "Save the file as UTF-8", on_error)
         return None
-    return line.removeprefix("\ufeff") if number == 1 else line
+
+
+def _utf8(number: int, raw: bytes) -> str:
+    """Line `number` (from 1) of a file as text; a byte-order mark at the start of the file is dropped."""
+    return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+
+
+def _not_utf8(raw: bytes, error: UnicodeDecodeError) -> str:
+    return f"byte {raw[error.start]:#04x} at column {error.start + 1} is not UTF-8"
+
+
+def _text_lines(path: Path, report: ReadReport, on_error: OnError, bad: set[int]) -> Iterator[str]:
+    """A file's lines as text, line endings kept, for the readers that parse more than one line at a time. A line
+    that is not UTF-8 is reported where it is (an error unless skipping), its number added to `bad`, and given
+    with its bad bytes replaced, so that the lines after it keep their places."""
+    for number, raw in _numbered_lines(path):
+        line = _decoded(f"{path}:{number}", number, raw, report, on_error)
+        if line is None:
+            bad.add(number)
+            line = raw.decode("utf-8", errors="replace")
+        yield line
+
+
+def _lines(path: Path, report: ReadReport, on_error: OnError, bad: set[int]) -> list[str]:
+    """A line-per-record file's lines, without their line endings."""
+    return [line.rstrip("\r\n") for line in _text_lines(path, report, on_error, bad)]
 
 
 def read_jsonl(
@@ -209,24 +223,28 @@ def read_caml_csv(
     path = Path(path)
     collector = _Collector(str(path), on_error)
     csv.field_size_limit(1 << 30)
-    with _open_text(path) as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [name for name in (text_column, labels_column) if name not in header]
-        if missing:
-            raise DataFormatError(
-                f"{path}:1: missing column {', '.join(repr(name) for name in missing)} (header: {header}). "
-                "Name the columns in use with text_column=... and labels_column=...."
+    bad: set[int] = set()
+    reader = csv.DictReader(_text_lines(path, collector.report, on_error, bad))
+    header = reader.fieldnames or []
+    missing = [name for name in (text_column, labels_column) if name not in header]
+    if missing:
+        raise DataFormatError(
+            f"{path}:1: missing column {', '.join(repr(name) for name in missing)} (header: {header}). "
+            "Name the columns in use with text_column=... and labels_column=...."
+        )
+    last = reader.line_num
+    for row in reader:
+        first, last = last + 1, reader.line_num
+        where = f"{path}:{first}"
+        if bad.intersection(range(first, last + 1)):
+            continue  # reported where the bytes are
+        if None in row or any(value is None for value in row.values()):
+            collector.report.problem(
+                where, f"the record has not {len(header)} fields", "Quote fields with commas", on_error
             )
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if None in row or any(value is None for value in row.values()):
-                collector.report.problem(
-                    where, f"the record has not {len(header)} fields", "Quote fields with commas", on_error
-                )
-                continue
-            codes = [code.strip() for code in row[labels_column].split(label_separator) if code.strip()]
-            collector.add(where, row.get(id_column) or f"{path.name}:{reader.line_num}", row[text_column], codes)
+            continue
+        codes = [code.strip() for code in row[labels_column].split(label_separator) if code.strip()]
+        collector.add(where, row.get(id_column) or f"{path.name}:{first}", row[text_column], codes)
     return collector.dataset()
 
 
@@ -235,18 +253,18 @@ def read_attentionxml(
 ) -> tuple[Dataset, ReadReport]:
     """AttentionXML layout: `<split>_texts.txt` (a document per line) and `<split>_labels.txt` (space-separated)."""
     texts_path, labels_path = Path(texts_path), Path(labels_path)
-    with _open_text(texts_path) as handle:
-        texts = handle.read().splitlines()
-    with _open_text(labels_path) as handle:
-        label_lines = handle.read().splitlines()
+    collector = _Collector(str(texts_path), on_error)
+    bad: set[int] = set()
+    texts = _lines(texts_path, collector.report, on_error, bad)
+    label_lines = _lines(labels_path, collector.report, on_error, bad)
     if len(texts) != len(label_lines):
         raise DataFormatError(
             f"{texts_path} has {len(texts)} lines but {labels_path} has {len(label_lines)}; "
             "each document needs exactly one line of labels (an empty line for none)."
         )
-    collector = _Collector(str(texts_path), on_error)
     for number, (text, labels) in enumerate(zip(texts, label_lines, strict=True), start=1):
-        collector.add(f"{texts_path}:{number}", f"{texts_path.stem}:{number}", text, labels.split())
+        if number not in bad:
+            collector.add(f"{texts_path}:{number}", f"{texts_path.stem}:{number}", text, labels.split())
     return collector.dataset()
 
 
@@ -257,8 +275,9 @@ def read_xmc_base(folder: str | os.PathLike, split: str, on_error: OnError = "ra
     folder = Path(folder)
     short = {"train": "trn", "test": "tst"}.get(split, split)
     texts_path, labels_path = folder / f"X.{short}.txt", folder / f"Y.{short}.npz"
-    with _open_text(texts_path) as handle:
-        texts = handle.read().splitlines()
+    collector = _Collector(str(texts_path), on_error)
+    bad: set[int] = set()
+    texts = _lines(texts_path, collector.report, on_error, bad)
     matrix = sparse.load_npz(labels_path).tocsr()
     if matrix.shape[0] != len(texts):
         raise DataFormatError(
@@ -266,14 +285,14 @@ def read_xmc_base(folder: str | os.PathLike, split: str, on_error: OnError = "ra
         )
     names_path = folder / "output-items.txt"
     if names_path.exists():
-        with _open_text(names_path) as handle:
-            names = handle.read().splitlines()
+        names = _lines(names_path, collector.report, "raise", set())
         if len(names) < matrix.shape[1]:
             raise DataFormatError(f"{names_path} names {len(names)} labels but {labels_path} has {matrix.shape[1]}.")
     else:
         names = [str(index) for index in range(matrix.shape[1])]
-    collector = _Collector(str(texts_path), on_error)
     for row, text in enumerate(texts):
+        if row + 1 in bad:
+            continue
         labels = [names[index] for index in matrix.indices[matrix.indptr[row] : matrix.indptr[row + 1]]]
         collector.add(f"{texts_path}:{row + 1}", f"{short}:{row + 1}", text, labels)
     return collector.dataset()
