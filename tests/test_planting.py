@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from plant_hf import PlantForMultiLabelClassification
+from plant_hf import PlantConfig, PlantForMultiLabelClassification
 from plant_hf.data.synthetic import write_synthetic_corpus
 from plant_hf.planting import ArtifactMismatchError, MIGTable, build_mig_table
 from plant_hf.planting.mig import normalized_mutual_information, rank_grades
@@ -19,7 +19,7 @@ from plant_hf.planting.transplant import load_ranker, plant
 from plant_hf.recipe import PlantArguments, build_mig, pretrain
 from plant_hf.training.trainer import PlantTrainingArguments
 
-from conftest import save_backbone, synthetic_corpus_words, tiny_model, word_tokenizer
+from conftest import save_backbone, synthetic_corpus_words, tiny_backbone, tiny_model, word_tokenizer
 
 
 def mi_from_table(n11, n10, n01, n00):
@@ -221,6 +221,11 @@ def test_artifacts_for_other_labels_or_tokenizers_are_refused(workspace, context
     )
     with pytest.raises(ArtifactMismatchError, match="splits text differently"):
         plant(same_labels, contextual_ranker, tokenizer=word_tokenizer(["a", "b"]))
+    wide_backbone = tiny_backbone("bert")
+    wide_backbone.hidden_size = 48
+    wider = PlantForMultiLabelClassification(PlantConfig(text_config=wide_backbone, id2label=dict(enumerate(labels))))
+    with pytest.raises(ArtifactMismatchError, match="hidden size 32; this classifier's backbone has 48"):
+        plant(wider, contextual_ranker)
     static = pretrain_ranker(workspace, "prior-ranker", planting="static", ranker_epochs=1)
     with pytest.raises(ArtifactMismatchError, match="build the classifier with static_prior_rank=8"):
         plant(same_labels, static)

@@ -105,6 +105,11 @@ def plant(
             f"The ranker was trained with tokenizer {config.tokenizer_name!r}; this tokenizer splits text "
             "differently. Train the ranker with the classifier's backbone and tokenizer."
         )
+    if config.hidden_size != model.config.text_config.hidden_size:
+        raise ArtifactMismatchError(
+            f"The ranker was trained on a backbone of hidden size {config.hidden_size}; this classifier's backbone "
+            f"has {model.config.text_config.hidden_size}. Train the ranker with the classifier's backbone."
+        )
     if "prior_label_factors" in ranker.state and not model.score.has_prior:
         raise ArtifactMismatchError(
             f"The ranker carries a static prior of rank {config.prior_rank}; build the classifier with "
