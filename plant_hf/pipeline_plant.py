@@ -98,12 +98,14 @@ class PlantClassificationPipeline(Pipeline):
             return_token_type_ids=False,
         )
         chunks = range(min(len(encoded["input_ids"]), self.model.config.max_chunks or len(encoded["input_ids"])))
-        if len(chunks) < len(encoded["input_ids"]):
-            logger.warning_once(
-                f"Documents longer than {len(chunks)} chunks of {self._chunk_length()} tokens are read up to there, "
-                "as in training (the model's max_chunks); the rest of their text is not read."
-            )
         input_ids = [token for chunk in chunks for token in encoded["input_ids"][chunk]]
+        if len(chunks) < len(encoded["input_ids"]):
+            total = sum(len(chunk) for chunk in encoded["input_ids"])
+            logger.warning_once(
+                f"A document of {total} tokens was read up to its first {len(input_ids)} ({len(chunks)} chunks of "
+                f"at most {self._chunk_length()} tokens: the model's max_chunks and chunk_size, as in training); "
+                "the rest of its text, and of every document as long, is not read."
+            )
         offsets = [tuple(span) for chunk in chunks for span in encoded["offset_mapping"][chunk]]
         words = [word for chunk in chunks for word in _word_ids(encoded, chunk)]
         return {

@@ -163,6 +163,15 @@ def test_pipeline_scores_chunks_top_k_threshold_and_batches(trained):
     assert len(above) == int((probabilities >= 0.5).sum())
 
 
+def test_pipeline_says_how_much_of_a_long_document_it_read(trained, caplog):
+    classify = pipeline("xmc-classification", model=str(trained))
+    _, noise = synthetic_vocabulary(num_labels=6)
+    text = " ".join((noise * 10)[:150])  # 150 words: five chunks of 30 words and 2 special tokens; 2 are read
+    with caplog.at_level("WARNING"):
+        classify(text, top_k=1)
+    assert "A document of 160 tokens was read up to its first 64 (2 chunks of at most 32 tokens" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("inputs", "options", "message"),
     [
