@@ -102,6 +102,18 @@ def test_caml_csv_missing_column(tmp_path):
         read_caml_csv(path)
 
 
+def test_caml_csv_columns_are_named_like_any_corpus_fields(tmp_path):
+    """`--text_field` / `--labels_field` name a CSV's columns too, without regard to case."""
+    (tmp_path / "train.csv").write_text("hadm_id,Note,Codes\n1,w5 w6,A;B\n")
+    corpus = load_corpus(tmp_path, text_field="note", labels_field="CODES")
+    assert corpus.splits["train"]["text"] == ["w5 w6"] and corpus.splits["train"]["labels"] == [["A", "B"]]
+    (tmp_path / "train.csv").write_text("hadm_id,text,labels\n7,w7,C\n")
+    dataset = load_corpus(tmp_path).splits["train"]
+    assert dataset["id"] == ["7"] and dataset["labels"] == [["C"]]
+    with pytest.raises(DataFormatError, match=r"missing column 'note'.*--text_field / --labels_field"):
+        load_corpus(tmp_path, text_field="note")
+
+
 def test_attentionxml_pairs_lines_and_refuses_a_mismatch(tmp_path):
     (tmp_path / "train_texts.txt").write_text("w5 w6\nw7\n")
     (tmp_path / "train_labels.txt").write_text("X Y\n\n")

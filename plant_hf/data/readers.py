@@ -219,19 +219,26 @@ def read_caml_csv(
     label_separator: str = ";",
     on_error: OnError = "raise",
 ) -> tuple[Dataset, ReadReport]:
-    """MIMIC-III notes as CAML writes them (`SUBJECT_ID,HADM_ID,TEXT,LABELS,length`; codes `;`-separated)."""
+    """MIMIC-III notes as CAML writes them (`SUBJECT_ID,HADM_ID,TEXT,LABELS,length`; codes `;`-separated).
+
+    Columns are found by name without regard to case (`text` finds `TEXT`).
+    """
     path = Path(path)
     collector = _Collector(str(path), on_error)
     csv.field_size_limit(1 << 30)
     bad: set[int] = set()
     reader = csv.DictReader(_text_lines(path, collector.report, on_error, bad))
     header = reader.fieldnames or []
-    missing = [name for name in (text_column, labels_column) if name not in header]
+    by_case = {name.casefold(): name for name in header}
+    missing = [name for name in (text_column, labels_column) if name.casefold() not in by_case]
     if missing:
         raise DataFormatError(
             f"{path}:1: missing column {', '.join(repr(name) for name in missing)} (header: {header}). "
-            "Name the columns in use with text_column=... and labels_column=...."
+            "Name the columns in use with --text_field / --labels_field (text_column=... and labels_column=... "
+            "in Python)."
         )
+    text_column, labels_column = by_case[text_column.casefold()], by_case[labels_column.casefold()]
+    id_column = by_case.get(id_column.casefold(), id_column)
     last = reader.line_num
     for row in reader:
         first, last = last + 1, reader.line_num
@@ -457,7 +464,8 @@ def _folder_reader(folder: Path, fmt: str, split: str, on_error: OnError, fields
     if fmt == "caml":
         patterns = (f"{{}}_{caml_variant}.csv", f"{{}}_{caml_variant}.csv.gz", "{}.csv", "{}.csv.gz")
         file = _split_file(folder, split, patterns)
-        return file and partial(read_caml_csv, file, on_error=on_error)
+        columns = {"text_column": fields["text_field"], "labels_column": fields["labels_field"]}
+        return file and partial(read_caml_csv, file, on_error=on_error, **columns)
     if fmt == "attentionxml":
         file = _split_file(folder, split, ("{}_texts.txt",))
         return file and partial(

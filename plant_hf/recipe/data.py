@@ -111,8 +111,14 @@ class DataArguments:
     backbone: str | None = field(
         default=None, metadata={"help": "Hub id or folder of the backbone (default: the offline MiniLM of [demo])."}
     )
-    text_field: str = field(default="text", metadata={"help": "Text field of JSON lines / Hub records."})
-    labels_field: str = field(default="labels", metadata={"help": "Labels field of JSON lines / Hub records."})
+    text_field: str = field(
+        default="text",
+        metadata={"help": "Text field of JSON lines / Hub records; a CAML CSV's text column (any case)."},
+    )
+    labels_field: str = field(
+        default="labels",
+        metadata={"help": "Labels field of JSON lines / Hub records; a CAML CSV's labels column (any case)."},
+    )
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
     synthetic_documents: int = field(default=600, metadata={"help": "Training documents of the synthetic corpus."})
     train_fraction: float = field(
