@@ -40,6 +40,11 @@ class PlantConfig(PreTrainedConfig):
             independently; the label attention spans all chunks of a document. `None` never splits.
         max_chunks (`int`, *optional*):
             Keep at most this many chunks per document (a warning names what was cut). `None` keeps all.
+        chunk_prefix_ids, chunk_suffix_ids (`list[int]`, *optional*):
+            The special tokens the tokenizer puts before and after a text (`[CLS]` and `[SEP]`, `<s>`). With them,
+            a long document tokenized in one piece is cut as the tokenizer cuts a long text into chunks, each
+            chunk framed by them, so that `model(**tokenizer(text))` reads what training in chunks read.
+            `from_backbone` takes them from the backbone's tokenizer.
         streaming (`bool`, *optional*, defaults to `False`):
             Encode one chunk at a time and carry the label attention over chunks with an online softmax, so
             that inference memory does not grow with the document's length. The result equals attention over
@@ -88,6 +93,8 @@ class PlantConfig(PreTrainedConfig):
     inattention_k: int | None = None
     chunk_size: int | None = None
     max_chunks: int | None = None
+    chunk_prefix_ids: list[int] | None = None
+    chunk_suffix_ids: list[int] | None = None
     streaming: bool = False
     label_block_size: int | None = None
     static_prior_rank: int | None = None

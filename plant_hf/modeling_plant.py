@@ -76,8 +76,9 @@ class DocumentChunks:
 
     inputs: dict[str, torch.Tensor]
     attention_mask: torch.BoolTensor
-    # For each document, the input positions in chunk order (real tokens first); None when no reordering was done.
-    order: torch.LongTensor | None = None
+    # For each document, the input position that each chunk position holds (a special token repeated in every chunk
+    # points at its one input position); None when the input was already in chunks.
+    source: torch.LongTensor | None = None
     input_length: int = 0
 
     @property
@@ -96,14 +97,15 @@ class DocumentChunks:
         )
 
     def to_input_layout(self, per_token: torch.Tensor) -> torch.Tensor:
-        """Map `(batch, labels, chunks * chunk_length)` values back onto the input's token positions."""
-        if self.order is None:
+        """Map `(batch, labels, chunks * chunk_length)` values back onto the input's token positions (the values of
+        a special token repeated in every chunk are summed onto its input position)."""
+        if self.source is None:
             return per_token
         batch, labels, _ = per_token.shape
+        real = self.attention_mask.flatten(1)[:, None, :]
+        index = self.source[:, None, :].expand(batch, labels, -1)
         restored = per_token.new_zeros(batch, labels, self.input_length)
-        kept = min(per_token.shape[-1], self.input_length)
-        index = self.order[:, None, :kept].expand(batch, labels, kept)
-        return restored.scatter(2, index, per_token[..., :kept])
+        return restored.scatter_add(2, index, per_token.masked_fill(~real, 0))
 
 
 def chunk_documents(
@@ -112,6 +114,7 @@ def chunk_documents(
     chunk_size: int | None,
     max_chunks: int | None = None,
     pad_token_id: int | None = None,
+    special_ids: tuple[list[int], list[int]] = ([], []),
 ) -> DocumentChunks:
     """
     Split documents into chunks for the backbone.
@@ -119,7 +122,9 @@ def chunk_documents(
     `inputs` holds `input_ids` or `inputs_embeds` (and optionally `token_type_ids`) of shape `(batch, tokens, ...)`,
     or already chunked as `(batch, chunks, chunk_length, ...)`. The real tokens of flat documents are moved to the
     front before chunking, so that left padding, right padding and no padding give the backbone the same chunks
-    (with the same positions); chunks that would hold only padding are not formed.
+    (with the same positions); chunks that would hold only padding are not formed. `special_ids` are the tokens the
+    tokenizer puts before and after a text: a flat document of ids that begins and ends with them is cut as the
+    tokenizer cuts a long text into chunks, each chunk carrying them.
     """
     main = inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]
     prechunked = main.dim() == (3 if "input_ids" in inputs else 4)
@@ -143,7 +148,7 @@ def chunk_documents(
         mask = (
             torch.ones(token_shape, dtype=torch.bool, device=main.device) if attention_mask is None else attention_mask
         )
-        chunks = _split_flat_documents(inputs, mask.bool(), chunk_size, pad_token_id)
+        chunks = _split_flat_documents(inputs, mask.bool(), chunk_size, pad_token_id, special_ids)
     if max_chunks is not None and chunks.num_chunks > max_chunks:
         cut = int(chunks.attention_mask[:, max_chunks:].sum())
         logger.warning(
@@ -152,32 +157,67 @@ def chunk_documents(
         )
         chunks.inputs = {name: value[:, :max_chunks] for name, value in chunks.inputs.items()}
         chunks.attention_mask = chunks.attention_mask[:, :max_chunks]
+        if chunks.source is not None:
+            kept = max_chunks * chunks.attention_mask.shape[-1]
+            chunks.source = chunks.source[:, :kept]
     return chunks
 
 
+def document_pieces(
+    positions: list[int], ids: list[int] | None, chunk_size: int | None, special_ids: tuple[list[int], list[int]]
+) -> list[list[int]]:
+    """The input positions of each chunk of one document (`positions`: its real tokens, in order; `ids`: their ids)."""
+    if chunk_size is None or len(positions) <= chunk_size:
+        return [positions]
+    prefix, suffix = special_ids
+    width = chunk_size - len(prefix) - len(suffix)
+    framed = ids is not None and (prefix or suffix) and width > 0 and len(positions) >= len(prefix) + len(suffix)
+    if framed and ids[: len(prefix)] == prefix and ids[len(ids) - len(suffix) :] == suffix:
+        head, body, tail = (
+            positions[: len(prefix)],
+            positions[len(prefix) : len(positions) - len(suffix)],
+            positions[len(positions) - len(suffix) :],
+        )
+        return [head + body[start : start + width] + tail for start in range(0, len(body), width)]
+    return [positions[start : start + chunk_size] for start in range(0, len(positions), chunk_size)]
+
+
 def _split_flat_documents(
-    inputs: dict[str, torch.Tensor], mask: torch.BoolTensor, chunk_size: int | None, pad_token_id: int | None
+    inputs: dict[str, torch.Tensor],
+    mask: torch.BoolTensor,
+    chunk_size: int | None,
+    pad_token_id: int | None,
+    special_ids: tuple[list[int], list[int]],
 ) -> DocumentChunks:
     batch, length = mask.shape
-    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
-    longest = max(1, int(mask.sum(1).max()))
-    num_chunks = 1 if chunk_size is None else -(-longest // chunk_size)
-    chunk_length = longest if num_chunks == 1 else chunk_size
-    padded_length = num_chunks * chunk_length
+    ids = inputs.get("input_ids")
+    documents = []
+    for row in range(batch):
+        positions = mask[row].nonzero().squeeze(1).tolist()
+        row_ids = None if ids is None else ids[row, positions].tolist()
+        documents.append(document_pieces(positions, row_ids, chunk_size, special_ids))
+    num_chunks = max(len(pieces) for pieces in documents)
+    chunk_length = max(1, max(len(piece) for pieces in documents for piece in pieces))
+    source = torch.zeros(batch, num_chunks, chunk_length, dtype=torch.long)
+    real = torch.zeros(batch, num_chunks, chunk_length, dtype=torch.bool)
+    for row, pieces in enumerate(documents):
+        for index, piece in enumerate(pieces):
+            source[row, index, : len(piece)] = torch.tensor(piece, dtype=torch.long)
+            real[row, index, : len(piece)] = True
+    source, real = source.to(mask.device), real.to(mask.device)
     pad_values = {"input_ids": 0 if pad_token_id is None else pad_token_id, "inputs_embeds": 0, "token_type_ids": 0}
 
-    def reorder(value: torch.Tensor, pad_value) -> torch.Tensor:
-        index = order.view(batch, length, *([1] * (value.dim() - 2))).expand_as(value)
-        value = value.gather(1, index)[:, :padded_length]
-        if value.shape[1] < padded_length:
-            padding = value.new_full((batch, padded_length - value.shape[1], *value.shape[2:]), pad_value)
-            value = torch.cat([value, padding], dim=1)
-        return value.view(batch, num_chunks, chunk_length, *value.shape[2:])
+    def gathered(value: torch.Tensor, pad_value) -> torch.Tensor:
+        flat_source = source.view(batch, -1)
+        index = flat_source.view(batch, -1, *([1] * (value.dim() - 2))).expand(-1, -1, *value.shape[2:])
+        picked = value.gather(1, index).view(batch, num_chunks, chunk_length, *value.shape[2:])
+        keep = real.view(batch, num_chunks, chunk_length, *([1] * (value.dim() - 2)))
+        return torch.where(keep, picked, torch.full_like(picked, pad_value))
 
     return DocumentChunks(
-        inputs={name: reorder(value, pad_values[name]) for name, value in inputs.items()},
-        attention_mask=reorder(mask, False),
-        order=order,
+        inputs={name: gathered(value, pad_values[name]) for name, value in inputs.items()},
+        attention_mask=real,
+        source=source.view(batch, -1),
         input_length=length,
     )
 
@@ -658,6 +698,8 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             if name in kwargs
         }
         text_config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if "chunk_prefix_ids" not in config_kwargs and "chunk_suffix_ids" not in config_kwargs:
+            config_kwargs.update(_backbone_special_ids(pretrained_model_name_or_path, hub_kwargs))
         if num_labels is not None:
             config_kwargs["num_labels"] = num_labels
         config = PlantConfig(text_config=text_config, id2label=id2label, **config_kwargs)
@@ -840,6 +882,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             chunk_size=self.config.chunk_size,
             max_chunks=self.config.max_chunks,
             pad_token_id=getattr(self.config.text_config, "pad_token_id", None),
+            special_ids=(self.config.chunk_prefix_ids or [], self.config.chunk_suffix_ids or []),
         )
 
     def _run_backbone(self, inputs: dict[str, torch.Tensor], attention_mask: torch.BoolTensor) -> torch.Tensor:
@@ -862,6 +905,31 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         if nonempty.numel() == rows:
             return hidden_states
         return hidden_states.new_zeros(rows, length, hidden_size).index_copy(0, nonempty, hidden_states)
+
+
+def chunk_special_ids(tokenizer) -> dict[str, list[int]]:
+    """The special tokens `tokenizer` puts before and after a text, as PlantConfig's `chunk_prefix_ids` and
+    `chunk_suffix_ids`."""
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    framed = tokenizer("x")["input_ids"]
+    for start in range(len(framed) - len(plain) + 1):
+        if framed[start : start + len(plain)] == plain:
+            return {"chunk_prefix_ids": framed[:start], "chunk_suffix_ids": framed[start + len(plain) :]}
+    return {}
+
+
+def _backbone_special_ids(pretrained_model_name_or_path: str, hub_kwargs: dict) -> dict[str, list[int]]:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+    except (OSError, ValueError):
+        logger.info(
+            f"No tokenizer loads from {pretrained_model_name_or_path}: long documents given in one piece are cut "
+            "into chunks without repeating its special tokens (set chunk_prefix_ids / chunk_suffix_ids)."
+        )
+        return {}
+    return chunk_special_ids(tokenizer)
 
 
 def _backbone_class(text_config) -> type:
@@ -907,4 +975,11 @@ def _forward_parameters(module: nn.Module) -> set[str]:
     return set(inspect.signature(module.forward).parameters)
 
 
-__all__ = ["PlantForMultiLabelClassification", "PlantLabelAttention", "PlantOutput", "PlantPreTrainedModel"]
+__all__ = [
+    "PlantForMultiLabelClassification",
+    "PlantLabelAttention",
+    "PlantOutput",
+    "PlantPreTrainedModel",
+    "chunk_special_ids",
+    "document_pieces",
+]

@@ -17,9 +17,9 @@ class PlantClassificationPipeline(Pipeline):
     Multi-label classification with a PLANT model: each label's probability (sigmoid), the `top_k` most probable
     labels and/or those above a `threshold` (a probability, or `"label"`: each label's own, the `label_thresholds`
     that `plant-hf fit` tunes on the dev split), with their names. Documents longer than the model's `chunk_size` are
-    cut into chunks (up to `max_chunks`) as the model was trained. With `explain=True`, every returned label also
-    carries the `explain_words` words its attention weighs most (sub-word pieces merged), with their weights
-    (`explain_words=0`: every word, in text order).
+    cut into chunks (up to `max_chunks`) as the model was trained, and score as in `text-classification`. With
+    `explain=True`, every returned label also carries the `explain_words` words its attention weighs most (sub-word
+    pieces merged), with their weights (`explain_words=0`: every word, in text order).
 
     Example:
 
@@ -79,39 +79,34 @@ class PlantClassificationPipeline(Pipeline):
                     )
         return super().__call__(inputs, **kwargs)
 
-    def _chunk_length(self) -> int:
-        chunk_size = self.model.config.chunk_size
-        if chunk_size is None:
-            chunk_size = min(getattr(self.tokenizer, "model_max_length", 512), 8192)
-        return chunk_size
-
     def preprocess(self, text: str) -> dict[str, Any]:
+        from .modeling_plant import document_pieces
+
         if not isinstance(text, str):
             raise ValueError(f"The xmc-classification pipeline classifies texts (strings), got {type(text).__name__}.")
+        # The text in one piece, as `text-classification` reads it: the model cuts it into chunks as in training.
         encoded = self.tokenizer(
-            text,
-            truncation=True,
-            max_length=self._chunk_length(),
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
+            text, return_offsets_mapping=True, return_attention_mask=False, return_token_type_ids=False, verbose=False
         )
-        chunks = range(min(len(encoded["input_ids"]), self.model.config.max_chunks or len(encoded["input_ids"])))
-        input_ids = [token for chunk in chunks for token in encoded["input_ids"][chunk]]
-        if len(chunks) < len(encoded["input_ids"]):
-            total = sum(len(chunk) for chunk in encoded["input_ids"])
+        ids, config = encoded["input_ids"], self.model.config
+        specials = (config.chunk_prefix_ids or [], config.chunk_suffix_ids or [])
+        pieces = document_pieces(list(range(len(ids))), ids, config.chunk_size, specials)
+        read = sorted({position for piece in pieces[: config.max_chunks or len(pieces)] for position in piece})
+        if len(read) < len(ids):
             logger.warning_once(
-                f"A document of {total} tokens was read up to its first {len(input_ids)} ({len(chunks)} chunks of "
-                f"at most {self._chunk_length()} tokens: the model's max_chunks and chunk_size, as in training); "
+                f"A document of {len(ids)} tokens was read up to its first {len(read)} ({config.max_chunks} chunks "
+                f"of at most {config.chunk_size} tokens: the model's max_chunks and chunk_size, as in training); "
                 "the rest of its text, and of every document as long, is not read."
             )
-        offsets = [tuple(span) for chunk in chunks for span in encoded["offset_mapping"][chunk]]
-        words = [word for chunk in chunks for word in _word_ids(encoded, chunk)]
+        words = _word_ids(encoded)
         return {
-            "input_ids": torch.tensor([input_ids]),
-            "attention_mask": torch.ones(1, len(input_ids), dtype=torch.long),
-            "tokens": {"text": text, "offsets": offsets, "words": words},
+            "input_ids": torch.tensor([[ids[position] for position in read]]),
+            "attention_mask": torch.ones(1, len(read), dtype=torch.long),
+            "tokens": {
+                "text": text,
+                "offsets": [tuple(encoded["offset_mapping"][position]) for position in read],
+                "words": [words[position] for position in read],
+            },
         }
 
     def _forward(
@@ -155,12 +150,12 @@ class PlantClassificationPipeline(Pipeline):
         return predictions
 
 
-def _word_ids(encoded, chunk: int) -> list[int | None]:
-    """Which word of the text each token of a chunk belongs to (None for special tokens)."""
+def _word_ids(encoded) -> list[int | None]:
+    """Which word of the text each token belongs to (None for special tokens)."""
     try:
-        return encoded.word_ids(chunk)
+        return encoded.word_ids()
     except (AttributeError, ValueError):  # tokenizers without word alignment: each token is its own word
-        return [None if start == end else index for index, (start, end) in enumerate(encoded["offset_mapping"][chunk])]
+        return [None if start == end else index for index, (start, end) in enumerate(encoded["offset_mapping"])]
 
 
 def _top_words(tokens: dict[str, Any], weights: np.ndarray, count: int) -> list[dict[str, Any]]:

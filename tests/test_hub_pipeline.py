@@ -13,6 +13,7 @@ from huggingface_hub import ModelCard
 from transformers import pipeline
 
 from plant_hf import PlantClassificationPipeline
+from plant_hf.data import PlantDataCollator
 from plant_hf.data.synthetic import synthetic_vocabulary, write_synthetic_corpus
 from plant_hf.explanation import explanation_page
 from plant_hf.hub import TrainingInfo, push_to_hub, write_model_card
@@ -163,13 +164,29 @@ def test_pipeline_scores_chunks_top_k_threshold_and_batches(trained):
     assert len(above) == int((probabilities >= 0.5).sum())
 
 
+def test_both_pipelines_read_a_long_document_as_training_did(trained):
+    xmc = pipeline("xmc-classification", model=str(trained))
+    assert xmc.model.config.chunk_prefix_ids == [1] and xmc.model.config.chunk_suffix_ids == [2]  # [CLS], [SEP]
+    evidence, noise = synthetic_vocabulary(num_labels=6)
+    text = " ".join([*noise[:40], evidence[2], *noise[40:50]])  # two chunks of 32 tokens
+    text_classification = pipeline("text-classification", model=str(trained), top_k=None)
+    by_xmc = {entry["label"]: entry["score"] for entry in xmc(text, top_k=6)}
+    by_text_classification = {entry["label"]: entry["score"] for entry in text_classification([text])[0]}
+    assert by_text_classification == pytest.approx(by_xmc, abs=1e-6)
+    chunks = xmc.tokenizer(text, truncation=True, max_length=32, return_overflowing_tokens=True)["input_ids"]
+    with torch.no_grad():
+        trained_on = xmc.model(**PlantDataCollator(num_labels=0, pad_token_id=0)([{"input_ids": chunks}]))
+    probabilities = trained_on.logits.sigmoid()[0].tolist()
+    assert [by_xmc[xmc.model.config.id2label[index]] for index in range(6)] == pytest.approx(probabilities, abs=1e-6)
+
+
 def test_pipeline_says_how_much_of_a_long_document_it_read(trained, caplog):
     classify = pipeline("xmc-classification", model=str(trained))
     _, noise = synthetic_vocabulary(num_labels=6)
-    text = " ".join((noise * 10)[:150])  # 150 words: five chunks of 30 words and 2 special tokens; 2 are read
+    text = " ".join((noise * 10)[:150])  # 150 words and [CLS], [SEP]: two chunks of 30 words are read
     with caplog.at_level("WARNING"):
         classify(text, top_k=1)
-    assert "A document of 160 tokens was read up to its first 64 (2 chunks of at most 32 tokens" in caplog.text
+    assert "A document of 152 tokens was read up to its first 62 (2 chunks of at most 32 tokens" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from torch.nn import functional as F
 
 from plant_hf import PlantForMultiLabelClassification
 
-from conftest import DECODERS, random_ids, tiny_model
+from conftest import DECODERS, random_ids, tiny_model, word_tokenizer
 
 
 def reference_logits(model, hidden_states, attention_mask, inattention_k=None):
@@ -351,3 +351,30 @@ def test_nan_or_infinite_inputs_are_refused(given):
         values[1, 2, 7] = bad
         with pytest.raises(ValueError, match=f"{given} hold NaN or infinite values"):
             model(**{given: values})
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_long_document_in_one_piece_is_read_as_training_read_its_chunks(streaming):
+    """`model(**tokenizer(text))` cuts the text as the tokenizer cuts it into chunks for training, each chunk framed
+    by the special tokens, whatever the padding side; its attention comes back onto the input's tokens."""
+    from plant_hf.data import PlantDataCollator
+
+    tokenizer = word_tokenizer([f"w{i}" for i in range(4, 100)])
+    model = tiny_model(
+        "bert", num_labels=5, chunk_size=8, streaming=streaming, chunk_prefix_ids=[1], chunk_suffix_ids=[2]
+    )
+    long_text, short_text = " ".join(f"w{i}" for i in range(10, 30)), "w40 w41 w42"
+    chunks = tokenizer([long_text], truncation=True, max_length=8, return_overflowing_tokens=True)["input_ids"]
+    assert len(chunks) == 4 and all(chunk[0] == 1 and chunk[-1] == 2 for chunk in chunks)
+    training = PlantDataCollator(num_labels=0, pad_token_id=0)([{"input_ids": chunks}])
+    expected = model(**training).logits
+    for side in ("right", "left"):
+        tokenizer.padding_side = side
+        batch = tokenizer([short_text, long_text], padding=True, return_tensors="pt", return_token_type_ids=False)
+        out = model(**batch, output_attentions=True)
+        torch.testing.assert_close(out.logits[1], expected[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.logits[0], model(**tokenizer([short_text], return_tensors="pt")).logits[0])
+        weights = out.label_attentions
+        assert weights.shape == (2, 5, batch["input_ids"].shape[1])
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 5))
+        assert torch.all(weights[~batch["attention_mask"].bool()[:, None, :].expand_as(weights)] == 0)

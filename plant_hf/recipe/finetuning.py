@@ -13,7 +13,7 @@ from transformers.utils import logging
 from ..cache import CachedDocumentCollator
 from ..data import PlantDataCollator
 from ..files import atomic_path
-from ..modeling_plant import PlantForMultiLabelClassification
+from ..modeling_plant import PlantForMultiLabelClassification, chunk_special_ids
 from ..planting.prototypes import (
     initialize_context_gates,
     initialize_label_bias,
@@ -121,6 +121,7 @@ def classifier(context: RunContext, quantize: bool = False) -> PlantForMultiLabe
         id2label=context.vocabulary.id2label,
         chunk_size=args.chunk_size,
         max_chunks=args.max_chunks,
+        **chunk_special_ids(context.tokenizer),
         label_attention_dim=args.label_attention_dim,
         label_value_dim=args.label_value_dim,
         inattention_k=args.inattention_k,
