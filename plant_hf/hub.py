@@ -31,8 +31,17 @@ class TrainingInfo:
     planting: dict[str, Any] = field(default_factory=dict)
     finetuning: dict[str, Any] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    # The options of the run that differ from plant-hf's defaults (the card shows these first).
+    changed: dict[str, Any] = field(default_factory=dict)
     # Per training stage (ranker, fine-tuning): epochs run, best epoch, why it stopped, dev metric by epoch.
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The most frequent training labels with their document counts (a sample of the label set).
+    top_labels: dict[str, int] = field(default_factory=dict)
+    # Hub metadata: the backbone's license and languages (from its card where it ships one), Hub datasets trained on.
+    license: str | None = None
+    language: list[str] | str | None = None
+    datasets: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> None:
         write_json(Path(folder) / TRAINING_INFO_FILE, asdict(self))
@@ -42,17 +51,25 @@ class TrainingInfo:
         return cls(**json.loads((Path(folder) / TRAINING_INFO_FILE).read_text()))
 
 
-def render_model_card(info: TrainingInfo, report: dict[str, Any], model_id: str = "path/to/model") -> ModelCard:
+def render_model_card(
+    info: TrainingInfo, report: dict[str, Any], model_id: str = "path/to/model", model_name: str | None = None
+) -> ModelCard:
     """The model card of a trained model: YAML metadata with a `model-index` of the evaluation results, and a
-    body telling the recipe, the results overall and per label-frequency bucket, how to load it, and its limits."""
+    body telling the recipe, the results overall and per label-frequency bucket, how to load it, and its limits.
+
+    `model_id` is what the card's loading snippets load (a Hub repo id, or the folder), `model_name` the name of its
+    results (default: the repo's or folder's name)."""
     split = report.get("meta", {}).get("split", "test")
-    dataset_name = Path(info.dataset).name or info.dataset
+    dataset_name = info.datasets[0] if info.datasets else Path(info.dataset).name or info.dataset
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="text-classification",
+        license=info.license,
+        language=info.language,
+        datasets=info.datasets or None,
         tags=["plant-hf", "plant", "extreme-multi-label-classification", "label-attention", "multi-label"],
-        base_model=info.base_model if "/" in info.base_model and not Path(info.base_model).exists() else None,
-        model_name=model_id,
+        base_model=info.base_model if is_hub_id(info.base_model) else None,
+        model_name=model_name or model_id.rstrip("/").rsplit("/", 1)[-1],
         eval_results=[
             EvalResult(
                 task_type="text-classification",
@@ -100,7 +117,10 @@ def render_model_card(info: TrainingInfo, report: dict[str, Any], model_id: str 
         planting_summary=planting_summary,
         finetune_summary=", ".join(f"{key} {value}" for key, value in info.finetuning.items()),
         eval_summary=f"{split} split, top-k predictions scored with plant_hf.metrics",
+        changed=sorted(info.changed.items()),
         hyperparameters=json.dumps(info.hyperparameters, indent=1, default=str),
+        top_labels=list(info.top_labels.items()),
+        versions=sorted(info.versions.items()),
         eval_split=split,
         eval_documents=report.get("documents"),
         results=[(metric_name(name), percent(report.get(name))) for name in HEADLINE_METRICS],
@@ -118,6 +138,7 @@ def _stage_row(name: str, length: dict[str, Any]) -> dict[str, Any]:
         "epochs": length.get("epochs"),
         "best_epoch": length.get("best_epoch"),
         "stopped": length.get("stopped", ""),
+        "minutes": "-" if length.get("seconds") is None else f"{length['seconds'] / 60:.1f}",
         "curve": f"{metric}: " + ", ".join(f"{100 * value:.2f}" for value in length[curve]) if curve else "-",
     }
 
@@ -135,8 +156,28 @@ def write_model_card(folder: str | Path, report: dict[str, Any] | None = None, m
         report_path = folder / EVAL_REPORT_FILE
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
     path = folder / "README.md"
-    render_model_card(TrainingInfo.load(folder), report, model_id=model_id or folder.name).save(path)
+    # A run's model folder is `<run>/model`: its results are named after the run.
+    name = None if model_id else (folder.resolve().parent.name if folder.name == "model" else folder.name)
+    render_model_card(TrainingInfo.load(folder), report, model_id=model_id or str(folder), model_name=name).save(path)
     return path
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` reads as a Hub repo id (`org/name`) rather than a local path."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def framework_versions() -> dict[str, str]:
+    """The versions of the libraries a model was trained with, as its card lists them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("plant-hf", "transformers", "torch", "peft", "accelerate", "datasets", "tokenizers"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return versions
 
 
 def push_to_hub(
@@ -165,6 +206,8 @@ def push_to_hub(
         raise ValueError(f"{folder} holds pickled weights {pickled}; only safetensors are pushed. Remove them.")
     api = api or HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if (folder / TRAINING_INFO_FILE).exists():  # the card names the repo it is pushed to
+        write_model_card(folder, model_id=repo.repo_id)
     commit = api.upload_folder(
         folder_path=str(folder),
         repo_id=repo.repo_id,
@@ -180,6 +223,8 @@ __all__ = [
     "EVAL_REPORT_FILE",
     "TRAINING_INFO_FILE",
     "TrainingInfo",
+    "framework_versions",
+    "is_hub_id",
     "push_to_hub",
     "render_model_card",
     "write_model_card",

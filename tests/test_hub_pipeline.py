@@ -54,7 +54,13 @@ def test_card_round_trips_with_its_results(tmp_path):
         mig={"top-k": 256},
         planting={"kind": "contextual", "ndcg_k": 10, "random_init": 0.1, "trained": 0.8},
         finetuning={"mode": "lora"},
-        hyperparameters={"learning_rate": 0.002},
+        hyperparameters={"learning_rate": 0.002, "seed": 42},
+        changed={"learning_rate": 0.002},
+        top_labels={"I10": 40, "E11.9": 25},
+        license="apache-2.0",
+        language="en",
+        datasets=["org/icd-notes"],
+        versions={"transformers": "5.0.0"},
     ).save(tmp_path)
     (tmp_path / "eval_report.json").write_text(json.dumps(REPORT))
     path = write_model_card(tmp_path, model_id="org/plant-icd")
@@ -64,7 +70,13 @@ def test_card_round_trips_with_its_results(tmp_path):
                        "macro_f1": 30.0, "macro_auc": 90.0}  # fmt: skip
     assert card.data.base_model == "meta-llama/Llama-3.1-8B" and "plant-hf" in card.data.tags
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-classification"
+    assert (card.data.license, card.data.language, card.data.datasets) == ("apache-2.0", "en", ["org/icd-notes"])
+    assert card.data.model_name == "plant-icd" and card.data.eval_results[0].dataset_name == "org/icd-notes"
     text = card.text
+    assert "| `learning_rate` | `0.002` |" in text and '"seed": 42' in text and "<details>" in text
+    assert "`I10` (40), `E11.9` (25)" in text and "- transformers 5.0.0" in text
+    assert 'pipeline("text-classification", model="org/plant-icd", top_k=None)' in text
+    assert "](https://github.com/)" not in text
     assert "| 1-5 | 3 | 5 | 20.00 | 10.00 | 30.00 | 40.00 |" in text
     assert 'AutoModel.from_pretrained("org/plant-icd", trust_remote_code=True)' in text
     assert "not a medical device" in text and "arXiv:2410.23066" in text
@@ -78,6 +90,11 @@ def test_recipe_writes_a_card_that_names_its_results(trained):
     report = json.loads((trained / "eval_report.json").read_text())
     results = {result.metric_type: result.metric_value for result in card.data.eval_results}
     assert results["P@1"] == round(100 * report["P@1"], 2)
+    # named after its run, loaded from its folder; a local backbone without a card lends it no license
+    assert card.data.model_name == "run" and card.data.base_model is None and card.data.license is None
+    assert f'AutoModel.from_pretrained("{trained}")' in card.text
+    assert "| `planted_lr_fraction` | `0.0` |" in card.text and "| `learning_rate` |" not in card.text
+    assert re.search(r"\| fine-tuning \| 4\.0 \| [\d.]+ \| \d+\.\d \| ", card.text)
 
 
 def test_push_sends_the_model_folder_in_one_commit(trained, tmp_path):
@@ -87,6 +104,8 @@ def test_push_sends_the_model_folder_in_one_commit(trained, tmp_path):
     api = FakeHfApi()
     url = push_to_hub(folder, "org/plant", api=api)
     assert url == "https://hub/org/plant/commit/1" and len(api.commits) == 1
+    card = ModelCard.load(folder / "README.md")  # regenerated for the repo before the upload
+    assert card.data.model_name == "plant" and 'AutoModel.from_pretrained("org/plant")' in card.text
     assert api.commits[0]["files"] == [
         "README.md", "config.json", "configuration_plant.py", "eval_report.json", "label_vocabulary.json",
         "model.safetensors", "modeling_plant.py", "pipeline_plant.py", "plant_training.json", "tokenizer.json",

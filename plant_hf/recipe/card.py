@@ -4,10 +4,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..data import detect_format
 from ..files import write_json
-from ..hub import EVAL_REPORT_FILE, TrainingInfo, write_model_card
+from ..hub import EVAL_REPORT_FILE, TrainingInfo, framework_versions, write_model_card
 from ..planting.transplant import load_ranker
-from .data import DEFAULT_BACKBONE_ID, RunContext, run_config
+from .data import DEFAULT_BACKBONE_ID, SYNTHETIC_DATA, RunContext, default_settings, run_config
 from .finetuning import FINETUNING_SUMMARY, QLORA_MERGED
 
 
@@ -48,11 +49,44 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
             **({"saved and evaluated": QLORA_MERGED} if args.backbone_mode == "qlora" else {}),
         },
         hyperparameters=run_config(args, training),
+        changed=changed_options(args, training),
         stages=stage_lengths(context),
+        top_labels=top_labels(context),
+        datasets=[args.data] if args.data != SYNTHETIC_DATA and detect_format(args.data) == "hub" else [],
+        versions=framework_versions(),
+        **backbone_card_metadata(context.backbone),
     )
     info.save(model_folder)
     write_json(model_folder / EVAL_REPORT_FILE, report)
     write_model_card(model_folder, report)
+
+
+def changed_options(args: Any, training: Any) -> dict[str, Any]:
+    """The run's options that differ from plant-hf's defaults."""
+    config = json.loads(json.dumps(run_config(args, training), default=str))
+    # Trainer's options as a fresh instance holds them (its own post-init settles some of them).
+    fresh = json.loads(json.dumps(type(training)(output_dir=training.output_dir).to_dict(), default=str))
+    defaults = {**default_settings(args), **fresh}
+    return {name: value for name, value in config.items() if name in defaults and value != defaults[name]}
+
+
+def top_labels(context: RunContext, count: int = 20) -> dict[str, int]:
+    """The `count` most frequent training labels with their document counts."""
+    vocabulary = context.vocabulary
+    order = sorted(range(len(vocabulary)), key=lambda index: (-vocabulary.counts[index], vocabulary.labels[index]))
+    return {vocabulary.labels[index]: int(vocabulary.counts[index]) for index in order[:count]}
+
+
+def backbone_card_metadata(backbone: str) -> dict[str, Any]:
+    """The license and languages of a local backbone that ships a model card (a Hub backbone's card is not
+    fetched: the run stays offline)."""
+    from huggingface_hub import ModelCard
+
+    path = Path(backbone) / "README.md"
+    if not path.is_file():
+        return {}
+    data = ModelCard.load(path).data
+    return {"license": data.license, "language": data.language}
 
 
 def stage_lengths(context: RunContext) -> dict[str, dict[str, Any]]:
@@ -68,4 +102,4 @@ def stage_lengths(context: RunContext) -> dict[str, dict[str, Any]]:
     return stages
 
 
-__all__ = ["card_stage", "stage_lengths"]
+__all__ = ["backbone_card_metadata", "card_stage", "changed_options", "stage_lengths", "top_labels"]

@@ -319,7 +319,8 @@ def run_config(args: Any, training: PlantTrainingArguments) -> dict[str, Any]:
     return {key: value for key, value in sorted(values.items()) if key not in _VOLATILE}
 
 
-def _default_settings(args: Any) -> dict[str, Any]:
+def default_settings(args: Any) -> dict[str, Any]:
+    """What `run_config` records for a run with every option at its default (JSON values)."""
     fields = [*dataclasses.fields(type(args)), *dataclasses.fields(PlantTrainingArguments)]
     defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING and f.name not in _VOLATILE}
     return json.loads(json.dumps(defaults, default=str))
@@ -334,7 +335,7 @@ def check_run_folder(folder: Path, config: dict[str, Any], args: Any) -> None:
     config = json.loads(json.dumps(config, default=str))
     # Options added to plant-hf after the earlier run started held their defaults there; a corpus it did not
     # fingerprint is taken for the same.
-    earlier = {**_default_settings(args), **json.loads(path.read_text())}
+    earlier = {**default_settings(args), **json.loads(path.read_text())}
     earlier.setdefault("corpus_fingerprint", config.get("corpus_fingerprint"))
     differing = sorted(key for key in set(config) | set(earlier) if config.get(key) != earlier.get(key))
     stages, order = option_stages(args), list(STAGE_OUTPUTS)

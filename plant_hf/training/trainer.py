@@ -255,9 +255,11 @@ def training_summary(trainer: Trainer, metric: str | None = None) -> dict[str, A
         reason = f"step budget reached (max_steps {args.max_steps})"
     else:
         reason = f"epoch ceiling reached (num_train_epochs {args.num_train_epochs:g})"
+    runtime = next((entry["train_runtime"] for entry in reversed(state.log_history) if "train_runtime" in entry), None)
     return {
         "epochs": round(float(state.epoch or 0.0), 2),
         "steps": state.global_step,
+        "seconds": None if runtime is None else round(float(runtime), 1),
         "stopped": reason,
         "best_epoch": None if best is None else round(float(best["epoch"]), 2),
         f"best_dev_{metric}": None if best is None else best[key],
