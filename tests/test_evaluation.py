@@ -169,3 +169,28 @@ def test_trainer_reads_the_longest_documents_first_and_answers_in_the_splits_ord
             alone = model(**CachedDocumentCollator()([document])).logits.sigmoid()[0]
             np.testing.assert_array_equal(indices[row], alone.topk(3).indices.numpy())
             np.testing.assert_allclose(scores[row], alone.topk(3).values.numpy(), rtol=1e-5)
+
+
+def test_bucket_plot_names_empty_buckets_instead_of_drawing_zeros():
+    import math
+
+    from plant_hf.training.evaluation import bucket_figure
+
+    scores = {"P@1": 0.8, "P@5": 0.4, "micro_f1": 0.5}
+    report = {**scores, "by_frequency": {
+        "0": {"labels": 3, "documents": 2, "P@1": 0.0, "P@5": 0.0, "micro_f1": 0.0},
+        "1-5": {"labels": 0, "documents": 0},
+        "6-50": {"labels": 4, "documents": 9, **scores},
+        ">50": {"labels": 2, "documents": 30, **scores},
+    }}  # fmt: skip
+    figure = bucket_figure(report, ("P@1", "P@5", "micro_f1"))
+    axis = figure.axes[0]
+    heights = [bar.get_height() for bar in axis.patches]  # metric by metric, each over the five groups
+    assert len(heights) == 15
+    drawn = [[not math.isnan(heights[5 * metric + group]) for group in range(5)] for metric in range(3)]
+    assert drawn == [[True, False, False, True, True]] * 3
+    notes = [text.get_text() for text in axis.texts if "\n" in text.get_text()]
+    assert notes == ["labels unseen\nin training:\nnever predicted", "no test document\nhas these labels"]
+    assert axis.get_legend() is None and [t.get_text() for t in figure.legends[0].get_texts()] == [
+        "P@1", "P@5", "micro-F1"
+    ]  # fmt: skip

@@ -196,6 +196,16 @@ def plot_frequency_buckets(
     title: str | None = None,
 ) -> None:
     """A grouped bar chart of metrics per training-frequency bucket, next to the overall values, as PNG."""
+    import matplotlib.pyplot as plt
+
+    figure = bucket_figure(report, metrics, title)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def bucket_figure(report: dict[str, Any], metrics: Sequence[str], title: str | None = None):
+    """The figure of `plot_frequency_buckets`. A bucket without test documents, or of labels unseen in training
+    (which no model can predict), is named for what it is rather than drawn as bars of zero."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,27 +213,43 @@ def plot_frequency_buckets(
 
     buckets = report.get("by_frequency", {})
     groups = [("all", report)] + [(f"{name}\n({v['labels']} labels)", v) for name, v in buckets.items()]
+    notes = {index: _empty_bucket_note(name, group) for index, (name, group) in enumerate(groups)}
     shown = [metric for metric in metrics if metric in report]
-    figure, axis = plt.subplots(figsize=(2.0 + 1.6 * len(groups), 4.5))
+    figure, axis = plt.subplots(figsize=(2.0 + 1.6 * len(groups), 4.8))
     width = 0.8 / max(1, len(shown))
     for position, metric in enumerate(shown):
-        values = [100 * (group.get(metric) or 0.0) for _, group in groups]
-        bars = axis.bar(np.arange(len(groups)) + (position - (len(shown) - 1) / 2) * width, values, width, label=metric)
-        axis.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+        values = [
+            float("nan") if notes[index] else 100 * float(group.get(metric, float("nan")))
+            for index, (_, group) in enumerate(groups)
+        ]
+        offsets = np.arange(len(groups)) + (position - (len(shown) - 1) / 2) * width
+        bars = axis.bar(offsets, values, width, label=metric_name(metric))
+        axis.bar_label(bars, labels=["" if v != v else f"{v:.0f}" for v in values], fontsize=7, padding=1)
+    for index, note in notes.items():
+        if note:
+            axis.text(index, 50, note, ha="center", va="center", fontsize=8, color="dimgray")
     axis.set_xticks(np.arange(len(groups)), [name for name, _ in groups])
     axis.set_xlabel("training frequency of the labels")
     axis.set_ylabel("%")
     axis.set_ylim(0, 105)
     axis.set_title(title or "Metrics by training frequency of the labels")
-    axis.legend(ncols=min(6, len(shown)), fontsize=8, loc="upper left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    figure.legend(ncols=min(6, len(shown)), fontsize=8, loc="lower center", frameon=False)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    return figure
+
+
+def _empty_bucket_note(name: str, group: dict[str, Any]) -> str | None:
+    if name.startswith("0\n"):
+        return "labels unseen\nin training:\nnever predicted"
+    if not group.get("documents", 1):
+        return "no test document\nhas these labels"
+    return None
 
 
 __all__ = [
     "HEADLINE_METRICS",
     "XMCComputeMetrics",
+    "bucket_figure",
     "evaluate_prediction_file",
     "flatten_report",
     "format_metrics_table",
