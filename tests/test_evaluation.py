@@ -48,7 +48,7 @@ def test_trainer_compute_metrics_counts_unseen_labels(tmp_path, tokenizer):
     )
     tokenized, _ = tokenize_split(eval_split, tokenizer, vocabulary, chunk_size=4, split="dev")
     model = tiny_model("llama", num_labels=len(vocabulary), chunk_size=4)
-    compute = XMCComputeMetrics.for_split(vocabulary, eval_split["labels"], ks=(1, 2))
+    compute = XMCComputeMetrics.for_split(vocabulary, eval_split["labels"], ks=(1, 2), metrics="all")
     trainer = Trainer(
         model=model,
         args=TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to=[], use_cpu=True),
@@ -69,6 +69,16 @@ def test_trainer_compute_metrics_counts_unseen_labels(tmp_path, tokenizer):
         assert metrics[f"eval_{name}"] == pytest.approx(direct[name], abs=1e-6)
     assert direct["R@2"] < 1.0 and "eval_freq_0_R@2" in metrics
     assert "eval_loss" in metrics
+    # by default Trainer logs the headline metrics only; without top_k_logits it is told what to pass
+    compute.metrics = None
+    headline = {key.removeprefix("eval_") for key in trainer.evaluate() if key.startswith("eval_")}
+    assert headline - {"loss", "runtime", "samples_per_second", "steps_per_second", "model_preparation_time"} == {
+        "P@1", "P@2", "nDCG@1", "nDCG@2", "PSP@1", "PSP@2", "R@2", "micro_f1", "macro_f1", "macro_auc",
+        "freq_0_PSP@2", "freq_1-5_PSP@2",  # the other buckets hold no label of this tiny set
+    }  # fmt: skip
+    trainer.preprocess_logits_for_metrics = None
+    with pytest.raises(ValueError, match=r"pass preprocess_logits_for_metrics=plant_hf.training.top_k_logits\(k\)"):
+        trainer.evaluate()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from ..planting.prototypes import (
     label_prototypes,
 )
 from ..planting.transplant import load_ranker, plant
-from ..training.evaluation import XMCComputeMetrics, top_k_logits, write_report
+from ..training.evaluation import XMCComputeMetrics, headline_metrics, top_k_logits, write_report
 from ..training.trainer import (
     GradualUnfreezing,
     PlantTrainer,
@@ -161,7 +161,11 @@ def finetune_stage(context: RunContext, ranker: Path | None) -> Path:
         eval_dataset=eval_data,
         data_collator=collator,
         compute_metrics=XMCComputeMetrics.for_split(
-            context.vocabulary, context.splits["dev"]["labels"], threshold=args.threshold, by_frequency=False
+            context.vocabulary,
+            context.splits["dev"]["labels"],
+            threshold=args.threshold,
+            by_frequency=False,
+            metrics=[*headline_metrics(by_frequency=False), training.metric_for_best_model.removeprefix("eval_")],
         ),
         preprocess_logits_for_metrics=top_k_logits(args.eval_top_k),
         callbacks=[*training.stopping_callbacks(), *([GradualUnfreezing(schedule)] if schedule else [])],

@@ -4,7 +4,7 @@ import datetime
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from scipy import sparse
 from ..data import LabelVocabulary, load_corpus, read_predictions
 from ..data.readers import DataFormatError, OnError
 from ..files import write_json
-from ..metrics import DEFAULT_KS, TopKPredictions, evaluate_predictions
+from ..metrics import DEFAULT_KS, FREQUENCY_BUCKETS, TopKPredictions, evaluate_predictions
 
 # Metrics shown in tables, plots and model cards, in order.
 HEADLINE_METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "R@5", "micro_f1", "macro_f1", "macro_auc")
@@ -49,7 +49,9 @@ class XMCComputeMetrics:
     """`compute_metrics` for Trainer: every metric of an evaluation split, its unseen labels counted as misses.
 
     Trainer's predictions must be `(indices, scores)` from [`top_k_logits`]. The truths come from the split itself
-    (not from the batches' multi-hot targets, which only know the training labels).
+    (not from the batches' multi-hot targets, which only know the training labels). Trainer logs `metrics`: by
+    default the headline ones ([`headline_metrics`]), `"all"` for every metric of every bucket; the whole report
+    of the last evaluation is `last_report` either way.
     """
 
     truth: sparse.csr_matrix
@@ -58,6 +60,7 @@ class XMCComputeMetrics:
     ks: Sequence[int] = DEFAULT_KS
     threshold: float = 0.5
     by_frequency: bool = True
+    metrics: Sequence[str] | Literal["all"] | None = None
     last_report: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -68,7 +71,15 @@ class XMCComputeMetrics:
         return cls(truth=truth, label_counts=vocabulary.counts, num_train_documents=vocabulary.num_documents, **kwargs)
 
     def __call__(self, eval_prediction) -> dict[str, float]:
-        indices, scores = eval_prediction.predictions
+        predictions = eval_prediction.predictions
+        if not isinstance(predictions, tuple | list) or len(predictions) != 2:
+            shape = getattr(predictions, "shape", None) or [getattr(p, "shape", None) for p in predictions]
+            raise ValueError(
+                f"XMCComputeMetrics needs each document's top-k labels and scores, and Trainer gave it {shape}: "
+                "pass preprocess_logits_for_metrics=plant_hf.training.top_k_logits(k) to Trainer (k: the labels "
+                "kept per document, at least the largest cut-off of ks)."
+            )
+        indices, scores = predictions
         if len(indices) != self.truth.shape[0]:
             raise ValueError(
                 f"Trainer returned predictions for {len(indices)} documents; the evaluation split has "
@@ -84,7 +95,22 @@ class XMCComputeMetrics:
             threshold=self.threshold,
             by_frequency=self.by_frequency,
         )
-        return flatten_report(self.last_report)
+        flat = flatten_report(self.last_report)
+        if self.metrics == "all":
+            return flat
+        wanted = self.metrics or headline_metrics(self.ks, self.by_frequency)
+        return {name: flat[name] for name in wanted if name in flat}
+
+
+def headline_metrics(ks: Sequence[int] = DEFAULT_KS, by_frequency: bool = True) -> list[str]:
+    """What Trainer logs by default: P@k, nDCG@k and PSP@k at every cut-off, R@k at the largest, the F1s and AUC,
+    and per frequency bucket PSP@k at the largest cut-off."""
+    top = max(ks)
+    names = [f"{metric}@{k}" for k in ks for metric in ("P", "nDCG", "PSP")]
+    names += [f"R@{top}", "micro_f1", "macro_f1", "macro_auc"]
+    if by_frequency:
+        names += [f"freq_{bucket}_PSP@{top}" for bucket, _, _ in FREQUENCY_BUCKETS]
+    return names
 
 
 def reported_metrics(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
@@ -253,6 +279,7 @@ __all__ = [
     "evaluate_prediction_file",
     "flatten_report",
     "format_metrics_table",
+    "headline_metrics",
     "metric_name",
     "percent",
     "plot_frequency_buckets",
