@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -477,3 +478,20 @@ def test_options_come_from_a_yaml_or_json_file(tmp_path):
         assert (plant_arguments.data, plant_arguments.backbone_mode, plant_arguments.lora_r) == ("corpus", "lora", 8)
         assert (training.learning_rate, training.unfreeze_schedule) == (0.005, "attention=1")
         assert training.planted_lr_fraction == 0.5 and training.metric_for_best_model == "P@5"
+
+
+def test_the_console_tells_the_stages_an_epoch_a_line_and_what_to_run_next(workspace, tmp_path):
+    """What `plant-hf fit` shows: a header per stage, one line per evaluated epoch instead of Trainer's dicts, no
+    backend noise, and where the outputs are with the commands that use them."""
+    run = tmp_path / "run"
+    options = ["--num_train_epochs", "2", "--ranker_epochs", "2"]
+    command = [sys.executable, "-m", "plant_hf.cli", "fit", *cli_fit(workspace, run, *options)[2:]]
+    shown = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+    transcript = shown.stdout + shown.stderr
+    headers = [line for line in transcript.splitlines() if line.startswith("── ")]
+    assert headers == ["── data", "── MIG table", "── ranker", "── fine-tuning", "── evaluation"]
+    epochs = re.findall(r"^fine-tuning epoch (\d+)/2: dev P@5 \d+\.\d\d", transcript, flags=re.M)
+    assert epochs == ["1", "2"] and len(re.findall(r"^ranker epoch \d/2: dev ndcg", transcript, flags=re.M)) == 2
+    assert re.search(r"^ranker before training: dev ndcg \d+\.\d\d$", transcript, flags=re.M)
+    assert "{'" not in transcript and "gemm_4bit" not in transcript and "LOAD REPORT" not in transcript
+    assert f"plant-hf predict --model {run / 'model'} --input docs.jsonl" in transcript

@@ -71,7 +71,15 @@ def fit(args: PlantArguments, training: PlantTrainingArguments) -> dict[str, Any
             logger.info(
                 f"{stage}: {length['epochs']:g} epochs (best: epoch {length['best_epoch']}); {length['stopped']}"
             )
-        logger.info(f"model -> {model_folder}")
+        evaluation = context.folder / "eval"
+        logger.info(
+            f"model -> {model_folder} (its card: README.md)\n"
+            f"test report, plot and predictions -> {evaluation}\n"
+            "next:\n"
+            f"  plant-hf predict --model {model_folder} --input docs.jsonl --output predictions.jsonl\n"
+            f"  plant-hf explain --model {model_folder} --input docs.jsonl --output_dir pages\n"
+            f"  plant-hf push --folder {model_folder} --repo_id <user>/<name>"
+        )
     return report
 
 

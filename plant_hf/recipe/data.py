@@ -162,6 +162,12 @@ class RunContext:
     def is_main(self) -> bool:
         return self.training.process_index == 0
 
+    def begin_stage(self, name: str, done: Path) -> None:
+        """Say which stage starts, or that its output (`done` marks it) is reused."""
+        if self.is_main:
+            reused = f" (reusing {done.parent}: already done)" if done.exists() else ""
+            logger.info(f"── {name}{reused}")
+
     def tokenized(self, split: str) -> Dataset:
         if split not in self._tokenized:
             dataset, report = tokenize_split(
@@ -231,6 +237,8 @@ def _check_chunk_size(backbone: str, args: Any) -> None:
 def prepare_run(args: Any, training: PlantTrainingArguments) -> RunContext:
     """Check the run folder and the request before any long work; read the corpus and its label vocabulary."""
     check_options(args, training)
+    if training.process_index == 0:
+        logger.info("── data")
     backbone = args.backbone or default_backbone()
     _check_chunk_size(backbone, args)
     if args.backbone_mode in ("lora", "qlora"):

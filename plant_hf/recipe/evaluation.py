@@ -47,6 +47,7 @@ def evaluate_stage(context: RunContext, model_folder: Path) -> dict[str, Any]:
     """Score the final model on the test split (unseen labels count as misses): report, plot and predictions."""
     folder = context.folder / "eval"
     report_path = folder / "test_metrics.json"
+    context.begin_stage("evaluation", report_path)
     if report_path.exists():
         return json.loads(report_path.read_text())
     model = PlantForMultiLabelClassification.from_pretrained(model_folder, dtype=context.args.dtype).eval()
@@ -114,6 +115,7 @@ def predict_top_k(model, documents, collator, k: int, arguments: TrainingArgumen
         eval_dataset=documents,
         data_collator=collator,
         preprocess_logits_for_metrics=top_k_logits(k),
+        stage="predicting",
     )
     indices, scores = trainer.predict(documents).predictions
     return TopKPredictions(indices, scores, model.config.num_labels)

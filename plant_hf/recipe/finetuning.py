@@ -138,6 +138,7 @@ def finetune_stage(context: RunContext, ranker: Path | None) -> Path:
     """Fine-tune the (planted) classifier with Trainer; write the plain checkpoint (and the LoRA adapter)."""
     args, training = context.args, context.training
     model_folder = context.folder / "model"
+    context.begin_stage("fine-tuning", model_folder / "config.json")
     if (model_folder / "config.json").exists():
         return model_folder
     checkpoints = context.folder / "checkpoints"
@@ -169,6 +170,7 @@ def finetune_stage(context: RunContext, ranker: Path | None) -> Path:
         ),
         preprocess_logits_for_metrics=top_k_logits(args.eval_top_k),
         callbacks=[*training.stopping_callbacks(), *([GradualUnfreezing(schedule)] if schedule else [])],
+        stage="fine-tuning",
     )
     trainer.train(resume_from_checkpoint=last if args.resume and last else None)
     if context.is_main:

@@ -31,6 +31,7 @@ def mig_stage(context: RunContext) -> MIGTable | None:
     if context.args.planting == "none":
         return None
     folder = context.folder / "mig"
+    context.begin_stage("MIG table", folder / "mig_config.json")
     with context.training.main_process_first(desc="MIG table"):
         if context.is_main and not (folder / "mig_config.json").exists():
             train = context.splits["train"]

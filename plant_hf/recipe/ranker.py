@@ -107,6 +107,7 @@ def ranker_stage(context: RunContext, mig: MIGTable | None) -> Path | None:
     if mig is None:
         return None
     folder = context.folder / "ranker"
+    context.begin_stage("ranker", folder / "ranker_config.json")
     if (folder / "ranker_config.json").exists():
         return folder
     args = context.args
@@ -268,6 +269,7 @@ def trainer_for_ranker(
         data_collator=collator,
         compute_metrics=_ndcg_metrics,
         callbacks=training.stopping_callbacks(),
+        stage="ranker",
     )
 
 

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import SequentialSampler
+from tqdm.auto import tqdm
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PredictionOutput, has_length
 from transformers.utils import logging
 
@@ -142,8 +144,12 @@ class XMCTrainer(Trainer):
     the head would score against every label, stays small, and give the metrics and the caller their outputs in the
     split's own order (`XMCComputeMetrics` matches predictions to the split's documents by position)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, stage: str | None = None, **kwargs):
+        """`stage` names the bars and the one line per evaluation that replace Trainer's logged dicts."""
         super().__init__(*args, **kwargs)
+        if stage is not None:
+            self.remove_callback(PrinterCallback if self.args.disable_tqdm else ProgressCallback)
+            self.add_callback(StageProgress(stage))
         self._eval_order: np.ndarray | None = None
         if self.compute_metrics is not None:
             compute_metrics = self.compute_metrics
@@ -182,6 +188,76 @@ class XMCTrainer(Trainer):
         ordered = np.empty_like(values)
         ordered[self._eval_order] = values
         return ordered
+
+
+class StageProgress(ProgressCallback):
+    """Trainer's progress bars named after the recipe's stage, and for each evaluation one line of the dev metrics
+    that matter (the selection metric first, marked when it is the best so far) in place of every logged dict."""
+
+    SHOWN = ("P@1", "P@5", "PSP@5", "macro_f1")
+
+    def __init__(self, stage: str):
+        super().__init__()
+        self.stage = stage
+        self.current_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.current_step = 0
+        if state.is_world_process_zero and not args.disable_tqdm:
+            self.training_bar = tqdm(total=state.max_steps, desc=self.stage, unit="step", dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.training_bar is not None:
+            super().on_step_end(args, state, control, **kwargs)
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if args.disable_tqdm or not state.is_world_process_zero or not has_length(eval_dataloader):
+            return
+        if self.prediction_bar is None:
+            self.prediction_bar = tqdm(
+                total=len(eval_dataloader),
+                desc=f"{self.stage}: dev" if self.training_bar is not None else self.stage,
+                unit="batch",
+                leave=self.training_bar is None,
+                dynamic_ncols=True,
+            )
+        self.prediction_bar.update(1)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.training_bar is not None:
+            super().on_train_end(args, state, control, **kwargs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or not any(key.startswith("eval_") for key in logs):
+            return
+        line = self.line(args, state, logs)
+        (self.training_bar.write if self.training_bar is not None else print)(line)
+
+    def line(self, args, state, logs: dict[str, float]) -> str:
+        """`fine-tuning epoch 3/100: dev P@5 47.00 (best so far), P@1 65.00, ..., train loss 0.4507`."""
+        from .evaluation import metric_name
+
+        selected = (args.metric_for_best_model or "").removeprefix("eval_")
+        names = [selected, *(name for name in self.SHOWN if name != selected)]
+        parts = []
+        for name in names:
+            value = logs.get(f"eval_{name}")
+            if isinstance(value, int | float):
+                part = f"{metric_name(name)} {100 * value:.2f}"
+                if name == selected and _improves(value, state.best_metric, args.greater_is_better):
+                    part += " (best so far)"
+                parts.append(part)
+        losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+        train = f", train loss {losses[-1]:.4g}" if losses else ""
+        epoch = logs.get("epoch", state.epoch or 0)
+        if not epoch:
+            return f"{self.stage} before training: dev {', '.join(parts).replace(' (best so far)', '')}"
+        ceiling = f"/{args.num_train_epochs:g}" if args.max_steps <= 0 else ""
+        return f"{self.stage} epoch {epoch:g}{ceiling}: dev {', '.join(parts)}{train}"
+
+
+def _improves(value: float, best: float | None, greater_is_better: bool | None) -> bool:
+    return best is None or (value > best if greater_is_better is not False else value < best)
 
 
 def document_lengths(dataset) -> np.ndarray | None:
