@@ -102,6 +102,10 @@ class ExplainArguments:
     output_dir: str = field(metadata={"help": "Folder for the pages (one per document, and index.html)."})
     top_k: int = field(default=10, metadata={"help": "Predicted labels per page."})
     limit: int | None = field(default=None, metadata={"help": "Explain only the first this many documents."})
+    label_descriptions: str | None = field(
+        default=None,
+        metadata={"help": 'A JSON file of what each label means, {"I21.4": "Non-ST elevation myocardial infarction"}.'},
+    )
     text_field: str = field(default="text", metadata={"help": "Text field of the input lines."})
     on_error: Literal["raise", "skip"] = field(
         default="raise", metadata={"help": "On a bad input line: stop with an error, or skip and count it."}
@@ -186,28 +190,50 @@ def run_predict(args: PredictArguments) -> None:
 
 
 def run_explain(args: ExplainArguments) -> None:
-    import html
+    import datetime
 
     from tqdm.auto import tqdm
 
-    from .explanation import explanation_page
+    from .explanation import explanation_index, explanation_page
 
+    descriptions = _label_descriptions(args.label_descriptions)
     documents = _documents(args.input, args.text_field, args.on_error)
     if args.limit is not None:
         documents = documents.select(range(min(args.limit, len(documents))))
     classify = _pipeline(args.model, args.device, args.trust_remote_code)
+    config = classify.model.config
+    thresholds = dict(zip(config.id2label.values(), config.label_thresholds or [], strict=False))
+    made = {"model": args.model, "created": datetime.date.today().isoformat()}
     folder = Path(args.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    links = []
+    rows = []
     for index, document in enumerate(tqdm(documents, desc="Explaining", unit="doc")):
         predictions = classify(document["text"], top_k=args.top_k, explain=True, explain_words=0)
         name = f"{index:05d}-{''.join(c if c.isalnum() or c in '-_' else '_' for c in document['id'])[:60]}.html"
-        page = explanation_page(document["text"], predictions, document["labels"], title=document["id"])
+        gold = document["labels"]
+        page = explanation_page(
+            document["text"], predictions, gold, title=document["id"], thresholds=thresholds,
+            descriptions=descriptions, **made,
+        )  # fmt: skip
         (folder / name).write_text(page, encoding="utf-8")
-        links.append(f'<li><a href="{html.escape(name)}">{html.escape(document["id"])}</a></li>')
-    index_page = f"<!DOCTYPE html><meta charset='utf-8'><title>explanations</title><ul>{''.join(links)}</ul>"
-    (folder / "index.html").write_text(index_page, encoding="utf-8")
-    print(f"{len(links)} pages -> {folder / 'index.html'}")
+        labels = [[entry["label"], round(entry["score"], 4)] for entry in predictions]
+        rows.append({"page": name, "id": document["id"], "labels": labels, "gold": gold or None})
+    (folder / "index.html").write_text(explanation_index(rows, **made), encoding="utf-8")
+    print(f"{len(rows)} pages -> {folder / 'index.html'}")
+
+
+def _label_descriptions(path: str | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    import json
+
+    try:
+        descriptions = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"--label_descriptions {path}: not readable as JSON ({error}).") from None
+    if not isinstance(descriptions, dict) or not all(isinstance(value, str) for value in descriptions.values()):
+        raise ValueError(f'--label_descriptions {path}: give one JSON object of label -> text, {{"A01": "..."}}.')
+    return descriptions
 
 
 def run_card(args: CardArguments) -> None:

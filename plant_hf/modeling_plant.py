@@ -586,6 +586,10 @@ def _attention_map(
     return weights / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(1)
 
 
+# Checkpoints saved before the head was named `score` (as PEFT's sequence-classification recipe expects) load as well.
+_EARLIER_HEAD_NAMES = {r"^label_attention\.value\.": "score.value_projection.", r"^label_attention\.": "score."}
+
+
 class PlantPreTrainedModel(PreTrainedModel):
     config: PlantConfig
     config_class = PlantConfig
@@ -607,6 +611,7 @@ class PlantPreTrainedModel(PreTrainedModel):
         # Weights load from safetensors only: a folder holding pickled weights alone is refused, never unpickled
         # (`use_safetensors=False` opts in).
         kwargs.setdefault("use_safetensors", True)
+        kwargs.setdefault("key_mapping", _EARLIER_HEAD_NAMES)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -15,7 +15,7 @@ from transformers import pipeline
 from plant_hf import PlantClassificationPipeline
 from plant_hf.data import PlantDataCollator
 from plant_hf.data.synthetic import synthetic_vocabulary, write_synthetic_corpus
-from plant_hf.explanation import explanation_page
+from plant_hf.explanation import explanation_index, explanation_page
 from plant_hf.hub import TrainingInfo, push_to_hub, write_model_card
 from plant_hf.recipe import PlantArguments, fit
 from plant_hf.training.trainer import PlantTrainingArguments
@@ -309,12 +309,27 @@ def test_cli_predict_and_explain(trained, tmp_path):
                               str(documents), "--output", str(nowhere)],
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert refused.returncode == 2 and f"--output {nowhere}: its folder does not exist" in refused.stderr
+    (tmp_path / "descriptions.json").write_text(json.dumps({"L0": "label zero <b>", "L5": "label five"}))
     cli("explain", "--model", str(trained), "--input", str(documents), "--output_dir", str(tmp_path / "pages"),
-        "--top_k", "3")  # fmt: skip
+        "--top_k", "3", "--label_descriptions", str(tmp_path / "descriptions.json"))  # fmt: skip
     pages = sorted((tmp_path / "pages").glob("0*.html"))
-    assert len(pages) == 3 and (tmp_path / "pages" / "index.html").exists()
-    page = pages[0].read_text()
-    assert evidence[0] in page and '"gold": ["L0"]' in page
+    assert len(pages) == 3
+    page = explanation_data(pages[0].read_text())
+    assert evidence[0] in page["text"] and page["gold"] == ["L0"] and page["model"] == str(trained)
+    assert page["descriptions"]["L0"] == "label zero <b>" and set(page["descriptions"]) <= {"L0", "L5"}
+    assert all(label["threshold"] == own[label["label"]] for label in page["labels"])
+    index = explanation_data((tmp_path / "pages" / "index.html").read_text())
+    assert [row["id"] for row in index["rows"]] == ["d0", "d1", "d2"] and index["rows"][0]["gold"] == ["L0"]
+    assert [row["page"] for row in index["rows"]] == [page.name for page in pages]
+    assert all(len(row["labels"]) == 3 for row in index["rows"])
+    refused = subprocess.run([sys.executable, "-m", "plant_hf.cli", "explain", "--model", str(trained), "--input",
+                              str(documents), "--output_dir", str(tmp_path / "no"), "--label_descriptions",
+                              str(documents)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert refused.returncode == 2 and "--label_descriptions" in refused.stderr and not (tmp_path / "no").exists()
+
+
+def explanation_data(page: str) -> dict:
+    return json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page, flags=re.S)[1])
 
 
 def test_explanation_page_embeds_text_safely():
@@ -325,8 +340,10 @@ def test_explanation_page_embeds_text_safely():
     page = explanation_page("</script> ok <!--<script>", predictions, gold=["X", "Y"], title="<doc & co>")
     assert page.count("</script>") == 2 and "<!--" not in page  # the data's own markup is escaped in its element
     assert "<title>&lt;doc &amp; co&gt;</title>" in page
-    data = re.search(r'<script id="data" type="application/json">(.*?)</script>', page, flags=re.S).group(1)
-    assert json.loads(data)["text"] == "</script> ok <!--<script>"
+    assert explanation_data(page)["text"] == "</script> ok <!--<script>"
+    index = explanation_index([{"page": "a.html", "id": "</script><!--", "labels": [["X", 0.9]], "gold": None}])
+    assert index.count("</script>") == 2 and "<!--" not in index
+    assert explanation_data(index)["rows"][0]["id"] == "</script><!--"
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -352,3 +369,19 @@ def test_explanation_page_switches_labels_in_headless_chromium(trained, tmp_path
     subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,800", url], capture_output=True,
                    timeout=120)  # fmt: skip
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    rows = [
+        {
+            "page": "page.html",
+            "id": "doc",
+            "labels": [[p["label"], p["score"]] for p in predictions],
+            "gold": ["L0", "L2"],
+        },
+        {"page": "other.html", "id": "other", "labels": [["L1", 0.4]], "gold": None},
+    ]
+    (tmp_path / "index.html").write_text(explanation_index(rows, model="m", created="2026-12-06"))
+    dom = subprocess.run([*flags, "--dump-dom", (tmp_path / "index.html").as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout  # fmt: skip
+    body = dom[dom.index('<tbody id="rows">') :]
+    assert body.count("<tr>") == 2 and '<a href="page.html">doc</a>' in body and "m · 2026-12-06 · 2 documents" in dom
+    hits = sum(p["label"] in ("L0", "L2") for p in predictions)
+    assert f"{hits} of 2" in body

@@ -223,3 +223,21 @@ def test_stock_text_classification_pipeline_gives_sigmoid_scores(tokenizer, name
         assert [entry["label"] for entry in ranked] == [ID2LABEL[int(i)] for i in expected.indices]
         torch.testing.assert_close(torch.tensor([entry["score"] for entry in ranked]), expected.values)
     assert isinstance(AutoModelForSequenceClassification.from_config(model.config), PlantForMultiLabelClassification)
+
+
+def test_a_checkpoint_of_the_earlier_head_names_loads_the_same(tmp_path):
+    """Models saved while the head was `label_attention` (its projection `value`) load into `score`."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model("bert", num_labels=4, label_value_dim=8)
+    model.save_pretrained(tmp_path)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    earlier = {
+        key.replace("score.value_projection.", "label_attention.value.").replace("score.", "label_attention."): value
+        for key, value in weights.items()
+    }
+    assert "label_attention.value.weight" in earlier
+    save_file(earlier, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    ids = random_ids(2, 7)
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
