@@ -5,13 +5,18 @@ import json
 import re
 from typing import Any
 
-_PAGE = """<!DOCTYPE html>
+# The start of both pages: their own styles follow.
+_HEAD = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>__TITLE__</title>
 <style>
-  body { font-family: system-ui, sans-serif; margin: 0; display: flex; height: 100vh; color: #1d1d1f; }
+"""
+
+_PAGE = (
+    _HEAD
+    + """  body { font-family: system-ui, sans-serif; margin: 0; display: flex; height: 100vh; color: #1d1d1f; }
   nav { width: 22rem; padding: 1rem; overflow-y: auto; border-right: 1px solid #ddd; background: #fafafa; }
   main { flex: 1; padding: 1.5rem 2rem; overflow-y: auto; }
   h1 { font-size: 1.1rem; margin: 0 0 .3rem; }
@@ -198,6 +203,7 @@ if (location.hash === "#selftest") selfTest();
 </body>
 </html>
 """
+)
 
 
 def explanation_page(
@@ -265,13 +271,9 @@ def _filled(template: str, title: str, data: dict[str, Any]) -> str:
     return re.sub("__TITLE__|__DATA__", lambda match: fill[match.group(0)], template)
 
 
-_INDEX = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>__TITLE__</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 1.5rem 2rem; color: #1d1d1f; }
+_INDEX = (
+    _HEAD
+    + """  body { font-family: system-ui, sans-serif; margin: 1.5rem 2rem; color: #1d1d1f; }
   h1 { font-size: 1.2rem; margin: 0 0 .2rem; }
   .meta { color: #888; font-size: .8rem; margin-bottom: 1rem; }
   table { border-collapse: collapse; width: 100%; font-size: .85rem; }
@@ -357,6 +359,7 @@ render();
 </body>
 </html>
 """
+)
 
 
 __all__ = ["explanation_index", "explanation_page"]
