@@ -162,6 +162,24 @@ class RunContext:
     def is_main(self) -> bool:
         return self.training.process_index == 0
 
+    def plant_model(self, **head) -> PlantForMultiLabelClassification:
+        """A PLANT model on the run's backbone with a fresh head: the run's labels, chunking and token-scoring
+        settings, and the further `head` settings (and `from_backbone` options) given."""
+        from ..modeling_plant import chunk_special_ids
+
+        args = self.args
+        return PlantForMultiLabelClassification.from_backbone(
+            self.backbone,
+            id2label=self.vocabulary.id2label,
+            chunk_size=args.chunk_size,
+            max_chunks=args.max_chunks,
+            **chunk_special_ids(self.tokenizer),
+            label_attention_dim=args.label_attention_dim,
+            static_prior_rank=args.prior_rank if args.planting in ("static", "both") else None,
+            trust_remote_code=args.trust_remote_code,
+            **head,
+        )
+
     def begin_stage(self, name: str, done: Path) -> None:
         """Say which stage starts, or that its output (`done` marks it) is reused."""
         if self.is_main:

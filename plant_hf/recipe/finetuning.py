@@ -13,7 +13,7 @@ from transformers.utils import logging
 from ..cache import CachedDocumentCollator
 from ..data import PlantDataCollator
 from ..files import atomic_path
-from ..modeling_plant import PlantForMultiLabelClassification, chunk_special_ids
+from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting.prototypes import (
     initialize_context_gates,
     initialize_label_bias,
@@ -116,20 +116,12 @@ def classifier(context: RunContext, quantize: bool = False) -> PlantForMultiLabe
         )
     if args.attn_implementation:
         extra["attn_implementation"] = args.attn_implementation
-    return PlantForMultiLabelClassification.from_backbone(
-        context.backbone,
-        id2label=context.vocabulary.id2label,
-        chunk_size=args.chunk_size,
-        max_chunks=args.max_chunks,
-        **chunk_special_ids(context.tokenizer),
-        label_attention_dim=args.label_attention_dim,
+    return context.plant_model(
         label_value_dim=args.label_value_dim,
         inattention_k=args.inattention_k,
         label_block_size=args.label_block_size,
-        static_prior_rank=args.prior_rank if args.planting in ("static", "both") else None,
         context_gate=args.context_gate,
         dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
         **extra,
     )
 

@@ -14,7 +14,7 @@ from transformers import Trainer, set_seed
 from transformers.utils import logging
 
 from ..data import LabelVocabulary
-from ..modeling_plant import PlantForMultiLabelClassification, chunk_special_ids
+from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting import MIGTable, tokenizer_fingerprint
 from ..planting.ranking import DocumentRanker, RankerCollator, StaticListCollator, StaticRanker
 from ..planting.transplant import RankerConfig, save_ranker
@@ -136,17 +136,7 @@ def ranker_stage(context: RunContext, mig: MIGTable | None) -> Path | None:
 
 def ranking_model(context: RunContext) -> PlantForMultiLabelClassification:
     """The backbone (unquantised) with a fresh label attention for the ranker to train."""
-    args = context.args
-    return PlantForMultiLabelClassification.from_backbone(
-        context.backbone,
-        id2label=context.vocabulary.id2label,
-        chunk_size=args.chunk_size,
-        max_chunks=args.max_chunks,
-        **chunk_special_ids(context.tokenizer),
-        label_attention_dim=args.label_attention_dim,
-        static_prior_rank=args.prior_rank if args.planting in ("static", "both") else None,
-        trust_remote_code=args.trust_remote_code,
-    )
+    return context.plant_model()
 
 
 def _ranker_config(context: RunContext, model, metrics: dict[str, Any]) -> RankerConfig:
