@@ -171,7 +171,7 @@ def document_pieces(
         return [positions]
     prefix, suffix = special_ids
     width = chunk_size - len(prefix) - len(suffix)
-    framed = ids is not None and (prefix or suffix) and width > 0 and len(positions) >= len(prefix) + len(suffix)
+    framed = ids is not None and (prefix or suffix) and width > 0
     if framed and ids[: len(prefix)] == prefix and ids[len(ids) - len(suffix) :] == suffix:
         head, body, tail = (
             positions[: len(prefix)],
@@ -190,11 +190,13 @@ def _split_flat_documents(
     special_ids: tuple[list[int], list[int]],
 ) -> DocumentChunks:
     batch, length = mask.shape
-    ids = inputs.get("input_ids")
+    # One copy to the host for the whole batch: the cut is decided per document on lists of positions.
+    real_rows = mask.cpu().tolist()
+    id_rows = inputs["input_ids"].cpu().tolist() if "input_ids" in inputs else None
     documents = []
-    for row in range(batch):
-        positions = mask[row].nonzero().squeeze(1).tolist()
-        row_ids = None if ids is None else ids[row, positions].tolist()
+    for row, flags in enumerate(real_rows):
+        positions = [position for position, real in enumerate(flags) if real]
+        row_ids = None if id_rows is None else [id_rows[row][position] for position in positions]
         documents.append(document_pieces(positions, row_ids, chunk_size, special_ids))
     num_chunks = max(len(pieces) for pieces in documents)
     chunk_length = max(1, max(len(piece) for pieces in documents for piece in pieces))

@@ -199,7 +199,6 @@ class StageProgress(ProgressCallback):
     def __init__(self, stage: str):
         super().__init__()
         self.stage = stage
-        self.current_step = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.current_step = 0
