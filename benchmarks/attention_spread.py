@@ -36,9 +36,10 @@ def spread(model: PlantForMultiLabelClassification, documents, count: int, batch
             labels = torch.full((len(items), width), -1, dtype=torch.long)
             for row, item in enumerate(items):
                 labels[row, : len(item["label_ids"])] = torch.as_tensor(item["label_ids"])
-            weights = model.score.document_label_weights(
+            scores = model.score.document_label_scores(
                 batch["token_states"].float(), batch["attention_mask"], labels, batch["input_ids"]
             )
+            weights = model.score.attention_weights(scores)
             real = labels >= 0
             entropy = -(torch.xlogy(weights, weights)).sum(-1)
             effective.append(entropy.exp()[real])

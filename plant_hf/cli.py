@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from transformers import HfArgumentParser
 
@@ -70,6 +70,20 @@ def run_evaluate(args: EvaluateArguments) -> dict[str, Any]:
 
 
 @dataclass
+class DocumentReadingArguments:
+    """How the commands that run a trained model read their documents, and where the model runs."""
+
+    _argument_group_name: ClassVar[str] = "Reading the documents"
+
+    text_field: str = field(default="text", metadata={"help": "Text field of the input lines."})
+    on_error: Literal["raise", "skip"] = field(
+        default="raise", metadata={"help": "On a bad input line: stop with an error, or skip and count it."}
+    )
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model folder's own code."})
+
+
+@dataclass
 class PredictArguments:
     """Predict the labels of documents with a trained PLANT model: JSON lines in, JSON lines out."""
 
@@ -85,12 +99,6 @@ class PredictArguments:
         },
     )
     batch_size: int = field(default=16, metadata={"help": "Documents per batch."})
-    text_field: str = field(default="text", metadata={"help": "Text field of the input lines."})
-    on_error: Literal["raise", "skip"] = field(
-        default="raise", metadata={"help": "On a bad input line: stop with an error, or skip and count it."}
-    )
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model folder's own code."})
 
 
 @dataclass
@@ -106,12 +114,6 @@ class ExplainArguments:
         default=None,
         metadata={"help": 'A JSON file of what each label means, {"I21.4": "Non-ST elevation myocardial infarction"}.'},
     )
-    text_field: str = field(default="text", metadata={"help": "Text field of the input lines."})
-    on_error: Literal["raise", "skip"] = field(
-        default="raise", metadata={"help": "On a bad input line: stop with an error, or skip and count it."}
-    )
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda ... (default: cuda if present)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model folder's own code."})
 
 
 @dataclass
@@ -165,7 +167,7 @@ def _threshold(value: str | None) -> float | str | None:
         raise ValueError(f"--threshold {value}: give a probability such as 0.5, or `label`.") from None
 
 
-def run_predict(args: PredictArguments) -> None:
+def run_predict(args: PredictArguments, reading: DocumentReadingArguments) -> None:
     from tqdm.auto import tqdm
 
     from .data import write_predictions
@@ -173,8 +175,8 @@ def run_predict(args: PredictArguments) -> None:
     threshold = _threshold(args.threshold)
     if not Path(args.output).resolve().parent.is_dir():
         raise ValueError(f"--output {args.output}: its folder does not exist; create it or write elsewhere.")
-    documents = _documents(args.input, args.text_field, args.on_error)
-    classify = _pipeline(args.model, args.device, args.trust_remote_code)
+    documents = _documents(args.input, reading.text_field, reading.on_error)
+    classify = _pipeline(args.model, reading.device, reading.trust_remote_code)
     # A generator makes the pipeline yield each document as it is done, so that the bar moves with the work.
     texts = (text for text in documents["text"])
     top_k = args.top_k or None  # 0: every label
@@ -189,7 +191,7 @@ def run_predict(args: PredictArguments) -> None:
     print(f"{len(predictions)} documents predicted -> {args.output}")
 
 
-def run_explain(args: ExplainArguments) -> None:
+def run_explain(args: ExplainArguments, reading: DocumentReadingArguments) -> None:
     import datetime
 
     from tqdm.auto import tqdm
@@ -197,10 +199,10 @@ def run_explain(args: ExplainArguments) -> None:
     from .explanation import explanation_index, explanation_page
 
     descriptions = _label_descriptions(args.label_descriptions)
-    documents = _documents(args.input, args.text_field, args.on_error)
+    documents = _documents(args.input, reading.text_field, reading.on_error)
     if args.limit is not None:
         documents = documents.select(range(min(args.limit, len(documents))))
-    classify = _pipeline(args.model, args.device, args.trust_remote_code)
+    classify = _pipeline(args.model, reading.device, reading.trust_remote_code)
     config = classify.model.config
     thresholds = dict(zip(config.id2label.values(), config.label_thresholds or [], strict=False))
     made = {"model": args.model, "created": datetime.date.today().isoformat()}
@@ -302,8 +304,12 @@ def _commands() -> dict[str, Command]:
             recipe=True,
         ),
         "evaluate": Command((EvaluateArguments,), run_evaluate, "Score a prediction file: JSON report and PNG plot."),
-        "predict": Command((PredictArguments,), run_predict, "Predict labels of documents (JSON lines in and out)."),
-        "explain": Command((ExplainArguments,), run_explain, "HTML pages of the words each predicted label reads."),
+        "predict": Command(
+            (PredictArguments, DocumentReadingArguments), run_predict, "Predict labels of documents (JSON lines in and out)."
+        ),
+        "explain": Command(
+            (ExplainArguments, DocumentReadingArguments), run_explain, "HTML pages of the words each predicted label reads."
+        ),
         "card": Command((CardArguments,), run_card, "Regenerate a model folder's model card."),
         "push": Command((PushArguments,), run_push, "Upload a model (or adapter) folder to the Hub in one commit."),
     }
@@ -324,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             dataclass_types=list(command.arguments),
             help=command.help,
-            description=command.help if len(command.arguments) > 1 else command.arguments[0].__doc__,
+            description=command.help if command.recipe else command.arguments[0].__doc__,
         )
     return parser
 

@@ -14,6 +14,13 @@ _HEAD = """<!DOCTYPE html>
 <style>
 """
 
+# Where both pages' data and script begin: their own code follows.
+_SCRIPT = """<script id="data" type="application/json">__DATA__</script>
+<script>
+"use strict";
+const data = JSON.parse(document.getElementById("data").textContent);
+"""
+
 _PAGE = (
     _HEAD
     + """  body { font-family: system-ui, sans-serif; margin: 0; display: flex; height: 100vh; color: #1d1d1f; }
@@ -60,11 +67,9 @@ _PAGE = (
   <div id="legend"></div>
   <div id="text"></div>
 </main>
-<script id="data" type="application/json">__DATA__</script>
-<script>
-"use strict";
-const data = JSON.parse(document.getElementById("data").textContent);
-const gold = new Set(data.gold || []);
+"""
+    + _SCRIPT
+    + """const gold = new Set(data.gold || []);
 let selected = 0;
 
 function renderText() {
@@ -295,11 +300,9 @@ _INDEX = (
   </tr></thead>
   <tbody id="rows"></tbody>
 </table>
-<script id="data" type="application/json">__DATA__</script>
-<script>
-"use strict";
-const data = JSON.parse(document.getElementById("data").textContent);
-data.rows.forEach(function (row) {
+"""
+    + _SCRIPT
+    + """data.rows.forEach(function (row) {
   const gold = new Set(row.gold || []);
   const top = new Set(row.labels.map(function (entry) { return entry[0]; }));
   row.best = row.labels.length ? row.labels[0][1] : 0;

@@ -445,16 +445,9 @@ class PlantLabelAttention(nn.Module):
             scores = torch.einsum("btd,bmd->bmt", keys, queries) + salience.unsqueeze(1)
             return scores.masked_fill((label_ids < 0).unsqueeze(-1), float("-inf"))
 
-    def document_label_weights(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
-        label_ids: torch.Tensor,
-        input_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The attention weights of each document's own labels over its tokens, `(batch, labels per document,
-        tokens)`: the softmax the logits use, inattention included; padding labels get zero weight."""
-        scores = self.document_label_scores(hidden_states, attention_mask, label_ids, input_ids)
+    def attention_weights(self, scores: torch.Tensor) -> torch.Tensor:
+        """The attention weights over the last dimension of `scores` (those of `document_label_scores`): the
+        softmax the logits use, inattention included; all-masked rows (padding labels) get zero weight."""
         if self.inattention_k is not None and self.inattention_k < scores.shape[-1]:
             kth = scores.topk(self.inattention_k, dim=-1).values[..., -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -471,7 +464,8 @@ class PlantLabelAttention(nn.Module):
         value states, so that a label's logit is its context `. label_weights[l] + label_bias[l]`."""
         with torch.autocast(attention_mask.device.type, enabled=False):
             hidden_states = hidden_states.float()
-            weights = self.document_label_weights(hidden_states, attention_mask, label_ids, input_ids)
+            scores = self.document_label_scores(hidden_states, attention_mask, label_ids, input_ids)
+            weights = self.attention_weights(scores)
             value_states = self._values(hidden_states)
             contexts = weights @ value_states
             if not self.has_context_gate:
@@ -772,10 +766,10 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         """
         chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
         states = self._flat_states(chunks)
-        weights = self.score.document_label_weights(
+        scores = self.score.document_label_scores(
             states.hidden_states, states.attention_mask, label_ids, states.input_ids
         )
-        return chunks.to_input_layout(weights)
+        return chunks.to_input_layout(self.score.attention_weights(scores))
 
     @can_return_tuple
     def forward(
