@@ -71,9 +71,14 @@ def run_evaluate(args: EvaluateArguments) -> dict[str, Any]:
 
 @dataclass
 class DocumentReadingArguments:
-    """How the commands that run a trained model read their documents, and where the model runs."""
+    """The trained model and the documents it reads, and where it runs."""
 
-    _argument_group_name: ClassVar[str] = "Reading the documents"
+    _argument_group_name: ClassVar[str] = "Model and documents"
+
+    model: str = field(metadata={"help": "The model folder (or Hub id)."})
+    input: str = field(
+        metadata={"help": 'JSON lines of documents: {"id": ..., "text": ...}; "labels" optional (explain shows them).'}
+    )
 
     text_field: str = field(default="text", metadata={"help": "Text field of the input lines."})
     on_error: Literal["raise", "skip"] = field(
@@ -87,8 +92,6 @@ class DocumentReadingArguments:
 class PredictArguments:
     """Predict the labels of documents with a trained PLANT model: JSON lines in, JSON lines out."""
 
-    model: str = field(metadata={"help": "The model folder (or Hub id) to predict with."})
-    input: str = field(metadata={"help": 'JSON lines of documents: {"id": ..., "text": ...} (labels optional).'})
     output: str = field(metadata={"help": 'Where to write {"id", "labels": [best, ...], "scores": [...]} lines.'})
     top_k: int = field(default=20, metadata={"help": "Labels kept per document (0: all)."})
     threshold: str | None = field(
@@ -105,8 +108,6 @@ class PredictArguments:
 class ExplainArguments:
     """Write one self-contained HTML page per document showing the words each predicted label attends to."""
 
-    model: str = field(metadata={"help": "The model folder (or Hub id)."})
-    input: str = field(metadata={"help": "JSON lines of documents; their gold labels are shown when present."})
     output_dir: str = field(metadata={"help": "Folder for the pages (one per document, and index.html)."})
     top_k: int = field(default=10, metadata={"help": "Predicted labels per page."})
     limit: int | None = field(default=None, metadata={"help": "Explain only the first this many documents."})
@@ -167,7 +168,7 @@ def _threshold(value: str | None) -> float | str | None:
         raise ValueError(f"--threshold {value}: give a probability such as 0.5, or `label`.") from None
 
 
-def run_predict(args: PredictArguments, reading: DocumentReadingArguments) -> None:
+def run_predict(reading: DocumentReadingArguments, args: PredictArguments) -> None:
     from tqdm.auto import tqdm
 
     from .data import write_predictions
@@ -175,8 +176,8 @@ def run_predict(args: PredictArguments, reading: DocumentReadingArguments) -> No
     threshold = _threshold(args.threshold)
     if not Path(args.output).resolve().parent.is_dir():
         raise ValueError(f"--output {args.output}: its folder does not exist; create it or write elsewhere.")
-    documents = _documents(args.input, reading.text_field, reading.on_error)
-    classify = _pipeline(args.model, reading.device, reading.trust_remote_code)
+    documents = _documents(reading.input, reading.text_field, reading.on_error)
+    classify = _pipeline(reading.model, reading.device, reading.trust_remote_code)
     # A generator makes the pipeline yield each document as it is done, so that the bar moves with the work.
     texts = (text for text in documents["text"])
     top_k = args.top_k or None  # 0: every label
@@ -191,7 +192,7 @@ def run_predict(args: PredictArguments, reading: DocumentReadingArguments) -> No
     print(f"{len(predictions)} documents predicted -> {args.output}")
 
 
-def run_explain(args: ExplainArguments, reading: DocumentReadingArguments) -> None:
+def run_explain(reading: DocumentReadingArguments, args: ExplainArguments) -> None:
     import datetime
 
     from tqdm.auto import tqdm
@@ -199,13 +200,13 @@ def run_explain(args: ExplainArguments, reading: DocumentReadingArguments) -> No
     from .explanation import explanation_index, explanation_page
 
     descriptions = _label_descriptions(args.label_descriptions)
-    documents = _documents(args.input, reading.text_field, reading.on_error)
+    documents = _documents(reading.input, reading.text_field, reading.on_error)
     if args.limit is not None:
         documents = documents.select(range(min(args.limit, len(documents))))
-    classify = _pipeline(args.model, reading.device, reading.trust_remote_code)
+    classify = _pipeline(reading.model, reading.device, reading.trust_remote_code)
     config = classify.model.config
     thresholds = dict(zip(config.id2label.values(), config.label_thresholds or [], strict=False))
-    made = {"model": args.model, "created": datetime.date.today().isoformat()}
+    made = {"model": reading.model, "created": datetime.date.today().isoformat()}
     folder = Path(args.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -305,10 +306,10 @@ def _commands() -> dict[str, Command]:
         ),
         "evaluate": Command((EvaluateArguments,), run_evaluate, "Score a prediction file: JSON report and PNG plot."),
         "predict": Command(
-            (PredictArguments, DocumentReadingArguments), run_predict, "Predict labels of documents (JSON lines in and out)."
+            (DocumentReadingArguments, PredictArguments), run_predict, "Predict labels of documents (JSON lines)."
         ),
         "explain": Command(
-            (ExplainArguments, DocumentReadingArguments), run_explain, "HTML pages of the words each predicted label reads."
+            (DocumentReadingArguments, ExplainArguments), run_explain, "HTML pages of the words each label reads."
         ),
         "card": Command((CardArguments,), run_card, "Regenerate a model folder's model card."),
         "push": Command((PushArguments,), run_push, "Upload a model (or adapter) folder to the Hub in one commit."),
@@ -330,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             dataclass_types=list(command.arguments),
             help=command.help,
-            description=command.help if command.recipe else command.arguments[0].__doc__,
+            description=command.help if command.recipe else command.arguments[-1].__doc__,
         )
     return parser
 
