@@ -81,6 +81,7 @@ class DocumentReadingArguments:
     )
 
     text_field: str = field(default="text", metadata={"help": "Text field of the input lines."})
+    batch_size: int = field(default=16, metadata={"help": "Documents per batch."})
     on_error: Literal["raise", "skip"] = field(
         default="raise", metadata={"help": "On a bad input line: stop with an error, or skip and count it."}
     )
@@ -101,7 +102,6 @@ class PredictArguments:
             "threshold, tuned on the dev split by plant-hf fit."
         },
     )
-    batch_size: int = field(default=16, metadata={"help": "Documents per batch."})
 
 
 @dataclass
@@ -181,7 +181,7 @@ def run_predict(reading: DocumentReadingArguments, args: PredictArguments) -> No
     # A generator makes the pipeline yield each document as it is done, so that the bar moves with the work.
     texts = (text for text in documents["text"])
     top_k = args.top_k or None  # 0: every label
-    outputs = classify(texts, batch_size=args.batch_size, top_k=top_k, threshold=threshold)
+    outputs = classify(texts, batch_size=reading.batch_size, top_k=top_k, threshold=threshold)
     predictions = list(tqdm(outputs, total=len(documents), desc="Predicting", unit="doc"))
     write_predictions(
         args.output,
@@ -210,8 +210,11 @@ def run_explain(reading: DocumentReadingArguments, args: ExplainArguments) -> No
     folder = Path(args.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for index, document in enumerate(tqdm(documents, desc="Explaining", unit="doc")):
-        predictions = classify(document["text"], top_k=args.top_k, explain=True, explain_words=0)
+    texts = (text for text in documents["text"])
+    explained = classify(texts, batch_size=reading.batch_size, top_k=args.top_k, explain=True, explain_words=0)
+    for index, (document, predictions) in enumerate(
+        tqdm(zip(documents, explained, strict=True), total=len(documents), desc="Explaining", unit="doc")
+    ):
         name = f"{index:05d}-{''.join(c if c.isalnum() or c in '-_' else '_' for c in document['id'])[:60]}.html"
         gold = document["labels"]
         page = explanation_page(

@@ -178,6 +178,14 @@ def test_pipeline_scores_chunks_top_k_threshold_and_batches(trained):
     for got, expected in zip(batched, one_by_one, strict=True):
         assert [entry["label"] for entry in got] == [entry["label"] for entry in expected]
         assert [entry["score"] for entry in got] == pytest.approx([entry["score"] for entry in expected], abs=1e-5)
+    # Explanations of documents of different lengths batched together: padding neither reads nor shows.
+    explained = list(classify((text for text in texts), batch_size=3, top_k=2, explain=True, explain_words=0))
+    for got, text in zip(explained, texts, strict=True):
+        alone = classify(text, top_k=2, explain=True, explain_words=0)
+        for entry, expected in zip(got, alone, strict=True):
+            assert [word["word"] for word in entry["evidence"]] == [word["word"] for word in expected["evidence"]]
+            weights = [word["weight"] for word in entry["evidence"]]
+            assert weights == pytest.approx([word["weight"] for word in expected["evidence"]], abs=1e-5)
     above = classify(long_text, top_k=None, threshold=0.5)
     assert all(entry["score"] >= 0.5 for entry in above)
     assert len(above) == int((probabilities >= 0.5).sum())
