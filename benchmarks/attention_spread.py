@@ -3,6 +3,8 @@
     python benchmarks/attention_spread.py --data ../shared/data/us_bills_110_crs_summary --work /tmp/plant-quality \
         --run contextual-seed0-frac0.1-bf16 --fraction 0.1
 
+Its figures go to `<work>/<dataset>/attention_spread-<run>.json`.
+
 For a finished PLANT run of `quality.py` (its folder under `<work>/<dataset>/`): on the first `--documents` dev
 documents, for each document and each of its labels, the effective number of tokens the label's attention reads
 (`exp` of the attention's entropy over the document's tokens) and the largest weight, beside the document's length,
@@ -82,7 +84,7 @@ def main() -> None:
     for name, values in results.items():
         print(f"| {name} | {values['effective_tokens']:.1f} / {values['median_effective_tokens']:.1f} | "
               f"{values['largest_weight']:.3f} | {values['document_tokens']:.0f} |")  # fmt: skip
-    write_json(work / "attention_spread.json", {"command": " ".join(sys.argv), "run": args.run, **results})
+    write_json(work / f"attention_spread-{args.run}.json", {"command": " ".join(sys.argv), "run": args.run, **results})
 
 
 if __name__ == "__main__":

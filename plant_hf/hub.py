@@ -14,6 +14,8 @@ TEMPLATE = Path(__file__).with_name("model_cards") / "plant_model_card.md"
 # Written next to the weights: what the card is generated from, so that it can be regenerated later.
 TRAINING_INFO_FILE = "plant_training.json"
 EVAL_REPORT_FILE = "eval_report.json"
+# How the card names each contextual ranker loss (a static ranker always fits ApproxNDCG).
+RANKER_LOSSES = {"listwise": "listwise loss on the MIG grades", "approx_ndcg": "ApproxNDCG"}
 # What a model folder uploads: weights (safetensors only), configs, remote code, tokenizer, labels, card.
 UPLOADED = ["*.safetensors", "*.json", "*.py", "*.md", "*.txt", "*.model", "*.tiktoken"]
 NEVER_UPLOADED = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt", "checkpoint-*/**", f"*{PARTIAL_SUFFIX}"]
@@ -89,7 +91,8 @@ def render_model_card(
     planting_summary = "none: the attention starts from random initialisation"
     if planting.get("kind"):
         planting_summary = (
-            f"{planting['kind']} ranker (ApproxNDCG); held-out token-ranking nDCG@{planting.get('ndcg_k', 10)} "
+            f"{planting['kind']} ranker ({RANKER_LOSSES[planting.get('loss', 'approx_ndcg')]}); held-out token-ranking "
+            f"nDCG@{planting.get('ndcg_k', 10)} "
             f"{percent(planting.get('random_init'))} at random init -> {percent(planting.get('trained'))} planted"
         )
     buckets = [

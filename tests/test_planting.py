@@ -14,7 +14,7 @@ from plant_hf import PlantConfig, PlantForMultiLabelClassification
 from plant_hf.data.synthetic import write_synthetic_corpus
 from plant_hf.planting import ArtifactMismatchError, MIGTable, build_mig_table
 from plant_hf.planting.mig import normalized_mutual_information, rank_grades
-from plant_hf.planting.ranking import approx_ndcg_loss, ndcg_at_k
+from plant_hf.planting.ranking import approx_ndcg_loss, listwise_loss, ndcg_at_k
 from plant_hf.planting.transplant import load_ranker, plant
 from plant_hf.recipe import PlantArguments, build_mig, pretrain
 from plant_hf.training.trainer import PlantTrainingArguments
@@ -197,6 +197,32 @@ def test_transplanted_attention_scores_like_the_ranker(workspace, contextual_ran
     torch.testing.assert_close(maps[:, shuffled.index(labels[3])], torch.softmax(by_ranker[:, 0], dim=-1))
 
 
+def test_the_listwise_ranker_plants_an_attention_that_reads_more_than_one_token(workspace, contextual_ranker):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(workspace / "backbone"))
+    records = [json.loads(line) for line in (workspace / "corpus" / "dev.jsonl").read_text().splitlines()[:16]]
+
+    def effective_tokens(ranker) -> float:
+        """exp(entropy) of each dev document's own labels' planted attention over its tokens, averaged."""
+        ranker = load_ranker(ranker)
+        labels = ranker.config.labels
+        model = PlantForMultiLabelClassification.from_backbone(
+            str(workspace / "backbone"), id2label=dict(enumerate(labels)), chunk_size=64
+        ).eval()
+        plant(model, ranker)
+        spread = []
+        for record in records:
+            ids = torch.tensor([tokenizer(record["text"])["input_ids"]])
+            maps = model.label_attention_maps(torch.tensor([[labels.index(label) for label in record["labels"]]]), ids)
+            spread += (-torch.xlogy(maps, maps).sum(-1)).exp().flatten().tolist()
+        return float(np.mean(spread))
+
+    approx = pretrain_ranker(workspace, "ranker-approx", ranker_loss="approx_ndcg", cache_dir=str(workspace / "cache"))
+    listwise, ordering = effective_tokens(contextual_ranker), effective_tokens(approx)
+    assert listwise > 2 * ordering, (listwise, ordering)
+
+
 def test_planted_model_saves_and_loads_like_any_checkpoint(workspace, contextual_ranker, tmp_path):
     labels = load_ranker(contextual_ranker).config.labels
     model = PlantForMultiLabelClassification.from_backbone(
@@ -272,6 +298,22 @@ def test_approx_ndcg_and_exact_ndcg_on_a_hand_checkable_list():
     loss = approx_ndcg_loss(padded.requires_grad_(), torch.cat([grades, grades * 0], 1), mask)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(padded.grad).all()
+
+
+def test_listwise_loss_is_least_where_the_softmax_is_the_smoothed_grades():
+    grades = torch.tensor([[[0, 2, 1, 0, 3]]])
+    mask = torch.tensor([[True, True, True, True, False]])  # the last token is padding: its grade does not count
+    target = torch.tensor([0.0, 2 / 3, 1 / 3, 0.0]) * 0.9 + 0.1 / 4
+    best = torch.cat([target.log(), torch.tensor([float("-inf")])]).view(1, 1, 5).requires_grad_()
+    loss = listwise_loss(best, grades, mask, smoothing=0.1)
+    assert loss.item() == pytest.approx(-(target * target.log()).sum().item(), abs=1e-6)  # the target's entropy
+    loss.backward()
+    assert torch.allclose(best.grad[..., :4], torch.zeros(4), atol=1e-6)  # a minimum at finite scores
+    assert listwise_loss(torch.zeros(1, 1, 5), grades, mask, smoothing=0.1) > loss  # uniform attention is worse
+    padded = torch.cat([best.detach(), torch.full((1, 1, 5), float("-inf"))], dim=1).requires_grad_()
+    both = listwise_loss(padded, torch.cat([grades, grades * 0], 1), mask, smoothing=0.1)  # a padded label row
+    both.backward()
+    assert both.item() == pytest.approx(loss.item()) and torch.isfinite(padded.grad).all()
 
 
 def test_cli_mig_then_pretrain_then_fit_runs_each_stage_once(workspace, tmp_path):

@@ -1,10 +1,14 @@
 """Learning to rank a document's tokens by their MIG grade for each of its labels.
 
-The loss is ApproxNDCG (Qin, Liu and Li, 2010): each token's rank is approximated by
-`1 + sum_j sigmoid((s_j - s_i) / temperature)`, which makes NDCG itself differentiable. It is chosen over
-LambdaRank because it is an ordinary loss: autograd, mixed precision, LoRA, gradient accumulation and Trainer
-all work unchanged, where LambdaRank injects hand-made gradients with a custom backward pass. Its cost is kept
-linear in the document length by approximating ranks only for the relevant tokens (NDCG sums over them alone).
+Two losses, both ordinary ones (autograd, mixed precision, LoRA, gradient accumulation and Trainer work unchanged,
+where LambdaRank injects hand-made gradients with a custom backward pass):
+- the listwise loss (ListNet's top-one form, Cao et al., 2007), the contextual ranker's default: the softmax over a
+  document's tokens is matched to their grades. What is planted is used as an attention, and this loss trains
+  exactly that attention, at bounded scores;
+- ApproxNDCG (Qin, Liu and Li, 2010): each token's rank is approximated by `1 + sum_j sigmoid((s_j - s_i) /
+  temperature)`, which makes NDCG itself differentiable; its cost is kept linear in the document length by
+  approximating ranks only for the relevant tokens (NDCG sums over them alone). It rewards the order alone, so
+  its scores drift apart without bound: planted as an attention they are a near argmax.
 
 Two rankers train the scoring part of a [`PlantLabelAttention`], so that what they learn is planted verbatim:
 - [`DocumentRanker`]: backbone token states (cached from a frozen backbone, or from a LoRA-adapted one) through
@@ -63,6 +67,31 @@ def approx_ndcg_loss(
     return (1.0 - dcg[has_relevant] / ideal[has_relevant]).mean()
 
 
+def listwise_loss(
+    scores: torch.Tensor, grades: torch.Tensor, token_mask: torch.Tensor, smoothing: float = 0.1
+) -> torch.Tensor:
+    """Mean cross-entropy between each list's softmax over its tokens and a target proportional to the tokens'
+    grades, mixed with `smoothing` of the uniform distribution (ListNet, Cao et al., 2007, top-one form).
+
+    Its optimum is an attention that spreads over the graded tokens as their grades say, at bounded scores: a
+    planted attention that the classifier can still reshape, where ApproxNDCG's optimum is an ordering at any
+    scale, which as a softmax is a near argmax.
+    """
+    token_mask = token_mask.bool().unsqueeze(1).expand_as(grades)
+    weights = grades.float() * token_mask
+    mass = weights.sum(-1, keepdim=True)
+    has_relevant = mass.squeeze(-1) > 0
+    if not has_relevant.any():
+        return scores.sum() * 0.0
+    uniform = token_mask.float() / token_mask.sum(-1, keepdim=True).clamp(min=1)
+    target = (1 - smoothing) * weights / mass.clamp(min=1e-12) + smoothing * uniform
+    masked = scores.float().masked_fill(~token_mask, float("-inf"))
+    # Lists without a relevant token (padding labels score -inf everywhere) are left out, and must stay finite.
+    masked = masked.masked_fill(~has_relevant.unsqueeze(-1), 0.0)
+    log_p = torch.log_softmax(masked, dim=-1).masked_fill(~token_mask, 0.0)
+    return -(target * log_p).sum(-1)[has_relevant].mean()
+
+
 def ndcg_at_k(scores: torch.Tensor, grades: torch.Tensor, token_mask: torch.Tensor, k: int = 10) -> torch.Tensor:
     """Exact nDCG@k of each list's token ranking, `(batch, lists)`; NaN for lists without a relevant token."""
     token_mask = token_mask.bool()
@@ -112,6 +141,7 @@ class DocumentRanker(nn.Module):
         temperature: float = 1.0,
         max_relevant: int = 64,
         ndcg_k: int = 10,
+        loss: str = "approx_ndcg",
     ):
         super().__init__()
         if encoder is not None and encoder.score is not attention:
@@ -123,6 +153,7 @@ class DocumentRanker(nn.Module):
         self.temperature = temperature
         self.max_relevant = max_relevant
         self.ndcg_k = ndcg_k
+        self.loss = loss
 
     @property
     def attention(self) -> PlantLabelAttention:
@@ -147,7 +178,10 @@ class DocumentRanker(nn.Module):
             input_ids, attention_mask = input_ids.flatten(1), attention_mask.flatten(1)
         states = token_states if self.contextual else None
         scores = self.attention.document_label_scores(states, attention_mask, label_ids, input_ids)
-        loss = approx_ndcg_loss(scores, grades, attention_mask, self.temperature, self.max_relevant)
+        if self.loss == "listwise":
+            loss = listwise_loss(scores, grades, attention_mask)
+        else:
+            loss = approx_ndcg_loss(scores, grades, attention_mask, self.temperature, self.max_relevant)
         ndcg = ndcg_at_k(scores.detach(), grades, attention_mask, self.ndcg_k)
         return RankerOutput(loss=loss, ndcg=_per_document_ndcg(ndcg))
 
@@ -251,5 +285,6 @@ __all__ = [
     "StaticListCollator",
     "StaticRanker",
     "approx_ndcg_loss",
+    "listwise_loss",
     "ndcg_at_k",
 ]

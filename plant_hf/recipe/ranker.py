@@ -78,14 +78,26 @@ class RankerArguments:
         default=2e-3, metadata={"help": "The least gain of dev nDCG that counts as an improvement."}
     )
     ranker_batch_size: int = field(default=16, metadata={"help": "Documents (or labels, static ranker) per step."})
-    ranker_learning_rate: float = field(
-        default=1e-2, metadata={"help": "Learning rate of the attention (constant after a linear warm-up)."}
+    ranker_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the attention (constant after a linear warm-up); default: 1e-3 for the "
+            "contextual ranker's listwise loss, 1e-2 for ApproxNDCG and the static ranker."
+        },
     )
     ranker_backbone_learning_rate: float = field(
         default=2e-4, metadata={"help": "Learning rate of the backbone's LoRA adapter (ranker_backbone_mode lora)."}
     )
     ranker_weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the ranker."})
     ranker_warmup_steps: int = field(default=50, metadata={"help": "Optimizer steps of linear warm-up."})
+    ranker_loss: Literal["listwise", "approx_ndcg"] = field(
+        default="listwise",
+        metadata={
+            "help": "The contextual ranker's loss. listwise: the softmax over each document's tokens matched to "
+            "their MIG grades, so that the planted attention reads every graded token in proportion; approx_ndcg: "
+            "ApproxNDCG, an ordering of the tokens at any scale, which planted is a near argmax (one token read)."
+        },
+    )
     ranker_temperature: float = field(default=1.0, metadata={"help": "ApproxNDCG temperature of the rank estimate."})
     ranker_max_labels: int = field(default=32, metadata={"help": "Labels of a document ranked per step."})
     ranker_max_relevant: int = field(default=64, metadata={"help": "Best-graded tokens whose ranks are estimated."})
@@ -196,6 +208,7 @@ def _pretrain_contextual(context: RunContext, model, mig: MIGTable, folder: Path
         temperature=args.ranker_temperature,
         ndcg_k=args.ranker_ndcg_k,
         max_relevant=args.ranker_max_relevant,
+        loss=args.ranker_loss,
     )
     checkpoints = folder / "checkpoints"
     before = held_out_ndcg(ranker, documents["dev"], collator, context, checkpoints)
@@ -215,7 +228,7 @@ def trainer_for_ranker(
     output_dir: Path,
     eval_dataset: torch.utils.data.Dataset | Dataset | None = None,
 ) -> PlantTrainer:
-    """A Trainer that optimises a ranker's ApproxNDCG loss and reports exact nDCG@k on `eval_dataset` each epoch.
+    """A Trainer that optimises a ranker's loss and reports exact nDCG@k on `eval_dataset` each epoch.
 
     With an `eval_dataset` it trains until that nDCG stops improving (`ranker_patience`, at most `ranker_epochs`) and
     ends on the best epoch; without one (the static ranker) it runs `ranker_static_epochs`, and at least
@@ -231,7 +244,7 @@ def trainer_for_ranker(
         max_steps=-1 if evaluated else max(steps, args.ranker_static_min_steps),
         per_device_train_batch_size=args.ranker_batch_size,
         per_device_eval_batch_size=args.ranker_batch_size,
-        learning_rate=args.ranker_learning_rate,
+        learning_rate=ranker_learning_rate(args, contextual=evaluated),
         planted_lr_fraction=1.0,
         backbone_learning_rate=args.ranker_backbone_learning_rate,
         weight_decay=args.ranker_weight_decay,
@@ -261,6 +274,14 @@ def trainer_for_ranker(
         callbacks=training.stopping_callbacks(),
         stage="ranker",
     )
+
+
+def ranker_learning_rate(args: Any, contextual: bool) -> float:
+    """The ranker's learning rate: the one given, or its loss's default (the listwise loss's gradients do not
+    fade as ApproxNDCG's do once a list is ordered, and at 1e-2 it diverges)."""
+    if args.ranker_learning_rate is not None:
+        return args.ranker_learning_rate
+    return 1e-3 if contextual and args.ranker_loss == "listwise" else 1e-2
 
 
 def held_out_ndcg(ranker: torch.nn.Module, dataset, collator, context: RunContext, output_dir: Path) -> float:
