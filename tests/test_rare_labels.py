@@ -112,3 +112,50 @@ def test_context_gate_mixes_each_labels_attention_context_with_the_documents_mea
         flat = gated(input_ids=ids).logits
         gated.config.streaming = True
         torch.testing.assert_close(gated(input_ids=ids).logits, flat, rtol=1e-4, atol=1e-4)
+
+
+def test_positive_weighting_weighs_each_labels_positive_term_and_averages_over_the_accumulated_batch(tmp_path):
+    from torch.nn import functional as F
+
+    from plant_hf.metrics import inverse_propensities
+    from plant_hf.training.trainer import PlantTrainer, PlantTrainingArguments, positive_weighted_loss
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    weights = torch.tensor([1.0, 4.0, 2.0])
+    by_hand = sum(
+        -(weights[j] * targets[d, j] * math.log(torch.sigmoid(logits[d, j]))
+          + (1 - targets[d, j]) * math.log(1 - torch.sigmoid(logits[d, j])))
+        for d in range(2) for j in range(3)
+    ) / 6  # fmt: skip
+    loss = positive_weighted_loss(weights)
+    torch.testing.assert_close(loss({"logits": logits}, targets), torch.tensor(float(by_hand)))
+    # Under gradient accumulation Trainer passes the count of targets of the whole accumulated batch.
+    torch.testing.assert_close(loss({"logits": logits}, targets, num_items_in_batch=12), torch.tensor(by_hand / 2))
+    unweighted = positive_weighted_loss(torch.ones(3))({"logits": logits}, targets)
+    torch.testing.assert_close(unweighted, F.binary_cross_entropy_with_logits(logits, targets))
+    # A label seen once weighs about as many positives as its inverse propensity says; a frequent one about one.
+    rare, frequent = inverse_propensities([1, 5000], num_documents=8000)
+    assert 8 < rare < 10 and 1 < frequent < 1.2
+
+    # Trainer steps on two documents at once or one at a time with two accumulated steps: the same update.
+    labels = [[0, 2], [1]]
+    documents = cached_documents(2, labels)
+    collate = CachedDocumentCollator(num_labels=3)
+    trained = []
+    for batch_size, accumulation in ((2, 1), (1, 2)):
+        model = tiny_model("bert", num_labels=3)
+        model.model.requires_grad_(False)
+        arguments = PlantTrainingArguments(
+            output_dir=str(tmp_path / f"b{batch_size}"), per_device_train_batch_size=batch_size, max_steps=1,
+            gradient_accumulation_steps=accumulation, learning_rate=0.1, warmup_steps=0, report_to=[],
+            use_cpu=True, save_strategy="no", eval_strategy="no", load_best_model_at_end=False, seed=0,
+            lr_scheduler_type="constant", optim="sgd",
+        )  # fmt: skip
+        trainer = PlantTrainer(
+            model=model, args=arguments, train_dataset=documents, data_collator=collate,
+            compute_loss_func=positive_weighted_loss(weights),
+        )  # fmt: skip
+        trainer.train()
+        trained.append(model.score.label_weights.detach().clone())
+    torch.testing.assert_close(trained[0], trained[1], rtol=1e-5, atol=1e-6)

@@ -13,6 +13,7 @@ from transformers.utils import logging
 from ..cache import CachedDocumentCollator
 from ..data import PlantDataCollator
 from ..files import atomic_path
+from ..metrics import inverse_propensities
 from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting.prototypes import (
     initialize_context_gates,
@@ -27,6 +28,7 @@ from ..training.trainer import (
     PlantTrainer,
     last_complete_checkpoint,
     parse_unfreeze_schedule,
+    positive_weighted_loss,
     training_summary,
 )
 from .data import RunContext, pad_token_id
@@ -73,6 +75,14 @@ class FinetuningArguments:
             "help": "Each label reads a learned mix of its attention context and the document's mean state, the "
             "mix started from the label's training frequency (PlantConfig.context_gate): labels seen once lean on "
             "the whole document, frequent ones start half on their attention. --context_gate false: attention alone."
+        },
+    )
+    positive_weighting: Literal["none", "propensity"] = field(
+        default="none",
+        metadata={
+            "help": "Weight of each label's positive examples in the loss. none: 1; propensity: the label's inverse "
+            "propensity (Jain et al., 2016, from its training frequency: about 9 for a label seen once in 8k "
+            "documents, near 1 for frequent ones), the weighting that PSP@k scores."
         },
     )
     label_value_dim: int | None = field(
@@ -162,6 +172,7 @@ def finetune_stage(context: RunContext, ranker: Path | None) -> Path:
         ),
         preprocess_logits_for_metrics=top_k_logits(args.eval_top_k),
         callbacks=[*training.stopping_callbacks(), *([GradualUnfreezing(schedule)] if schedule else [])],
+        compute_loss_func=_loss(context),
         stage="fine-tuning",
     )
     trainer.train(resume_from_checkpoint=last if args.resume and last else None)
@@ -172,6 +183,15 @@ def finetune_stage(context: RunContext, ranker: Path | None) -> Path:
 
     PartialState().wait_for_everyone()
     return model_folder
+
+
+def _loss(context: RunContext):
+    """Trainer's loss for `--positive_weighting` (None: the model's own)."""
+    if context.args.positive_weighting == "none":
+        return None
+    vocabulary = context.vocabulary
+    weights = inverse_propensities(vocabulary.counts, vocabulary.num_documents)
+    return positive_weighted_loss(torch.tensor(weights, dtype=torch.float32))
 
 
 def _initialize_labels(context: RunContext, model: PlantForMultiLabelClassification) -> None:

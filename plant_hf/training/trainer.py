@@ -5,6 +5,7 @@ stops improving."""
 import json
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,6 +14,7 @@ import datasets
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import SequentialSampler
 from tqdm.auto import tqdm
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainerCallback, TrainingArguments
@@ -255,6 +257,20 @@ class StageProgress(ProgressCallback):
         return f"{self.stage} epoch {epoch:g}{ceiling}: dev {', '.join(parts)}{train}"
 
 
+def positive_weighted_loss(positive_weights: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """Trainer's `compute_loss_func` for binary cross-entropy whose positive term of label `l` weighs
+    `positive_weights[l]`: the mean over documents and labels, as the model's own loss, taken over the whole
+    accumulated batch (Trainer counts its `num_items_in_batch`, every target, across steps and processes)."""
+
+    def loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        logits = outputs["logits"].float()
+        weights = positive_weights.to(logits.device)
+        total = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=weights, reduction="sum")
+        return total / (labels.numel() if num_items_in_batch is None else num_items_in_batch)
+
+    return loss
+
+
 def _improves(value: float, best: float | None, greater_is_better: bool | None) -> bool:
     return best is None or (value > best if greater_is_better is not False else value < best)
 
@@ -382,5 +398,6 @@ __all__ = [
     "last_complete_checkpoint",
     "parameter_group",
     "parse_unfreeze_schedule",
+    "positive_weighted_loss",
     "training_summary",
 ]
