@@ -17,6 +17,7 @@ from plant_hf.planting.mig import normalized_mutual_information, rank_grades
 from plant_hf.planting.ranking import approx_ndcg_loss, listwise_loss, ndcg_at_k
 from plant_hf.planting.transplant import load_ranker, plant
 from plant_hf.recipe import PlantArguments, build_mig, pretrain
+from plant_hf.recipe.ranker import ranker_learning_rate
 from plant_hf.training.trainer import PlantTrainingArguments
 
 from conftest import save_backbone, synthetic_corpus_words, tiny_backbone, tiny_model, word_tokenizer
@@ -314,6 +315,15 @@ def test_listwise_loss_is_least_where_the_softmax_is_the_smoothed_grades():
     both = listwise_loss(padded, torch.cat([grades, grades * 0], 1), mask, smoothing=0.1)  # a padded label row
     both.backward()
     assert both.item() == pytest.approx(loss.item()) and torch.isfinite(padded.grad).all()
+
+
+def test_the_rankers_learning_rate_defaults_by_loss_unless_given():
+    listwise, ordering = PlantArguments(), PlantArguments(ranker_loss="approx_ndcg")
+    assert listwise.ranker_loss == "listwise"  # fit's default
+    assert ranker_learning_rate(listwise, contextual=True) == 1e-3
+    assert ranker_learning_rate(ordering, contextual=True) == 1e-2
+    assert ranker_learning_rate(listwise, contextual=False) == 1e-2  # the static ranker fits ApproxNDCG
+    assert ranker_learning_rate(PlantArguments(ranker_learning_rate=5e-3), contextual=True) == 5e-3
 
 
 def test_cli_mig_then_pretrain_then_fit_runs_each_stage_once(workspace, tmp_path):
