@@ -74,3 +74,16 @@ def test_unknown_backbone_type_is_named():
 def test_invalid_head_settings_are_refused(field, value, message):
     with pytest.raises(StrictDataclassClassValidationError, match=message):
         PlantConfig(text_config=BertConfig(hidden_size=32, num_attention_heads=4), num_labels=3, **{field: value})
+
+
+def test_fits_head_options_are_plant_config_fields():
+    import dataclasses
+    import inspect
+
+    from plant_hf.recipe.finetuning import FinetuningArguments
+
+    accepted = inspect.signature(PlantConfig.__init__).parameters
+    config = PlantConfig()
+    for name in FinetuningArguments.head_options:
+        assert hasattr(config, name) and (name in accepted or "kwargs" in accepted), name
+        assert name in {item.name for item in dataclasses.fields(FinetuningArguments)}, name

@@ -52,6 +52,8 @@ class FinetuningArguments:
     _argument_group_name: ClassVar[str] = "Fine-tuning: the classifier"
     # The least value of each numeric option (None stays allowed where it is the default).
     at_least: ClassVar[dict[str, int]] = {"label_value_dim": 1, "inattention_k": 1, "label_block_size": 1, "lora_r": 1}
+    # The options that are PlantConfig fields of the same name, handed to the classifier's config as they are.
+    head_options: ClassVar[tuple[str, ...]] = ("context_gate", "label_value_dim", "inattention_k", "label_block_size")
 
     backbone_mode: Literal["frozen", "lora", "qlora", "full"] = field(
         default="frozen",
@@ -126,14 +128,8 @@ def classifier(context: RunContext, quantize: bool = False) -> PlantForMultiLabe
         )
     if args.attn_implementation:
         extra["attn_implementation"] = args.attn_implementation
-    return context.plant_model(
-        label_value_dim=args.label_value_dim,
-        inattention_k=args.inattention_k,
-        label_block_size=args.label_block_size,
-        context_gate=args.context_gate,
-        dtype=args.dtype,
-        **extra,
-    )
+    head = {name: getattr(args, name) for name in FinetuningArguments.head_options}
+    return context.plant_model(**head, dtype=args.dtype, **extra)
 
 
 def finetune_stage(context: RunContext, ranker: Path | None) -> Path:
