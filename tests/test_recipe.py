@@ -95,6 +95,7 @@ def test_fit_runs_every_stage_and_skips_what_is_done(workspace, tmp_path):
     assert report["fixed_threshold"]["macro_f1"] == pytest.approx(threshold_metrics(truth, predictions)["macro_f1"])
     card = ModelCard.load(run / "model" / "README.md")
     assert {result.metric_type for result in card.data.eval_results} >= {"P@1", "P@5", "PSP@5"}
+    assert "contextual ranker (listwise loss on the MIG grades)" in card.text
     model = AutoModel.from_pretrained(run / "model").eval()
     first = json.loads((run / "eval" / "test_predictions.jsonl").read_text().splitlines()[0])
     labels = json.loads((run / "model" / "label_vocabulary.json").read_text())["labels"]
