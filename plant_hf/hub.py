@@ -14,7 +14,7 @@ TEMPLATE = Path(__file__).with_name("model_cards") / "plant_model_card.md"
 # Written next to the weights: what the card is generated from, so that it can be regenerated later.
 TRAINING_INFO_FILE = "plant_training.json"
 EVAL_REPORT_FILE = "eval_report.json"
-# How the card names each contextual ranker loss (a static ranker always fits ApproxNDCG).
+# How the card names each ranker loss.
 RANKER_LOSSES = {"listwise": "listwise loss on the MIG grades", "approx_ndcg": "ApproxNDCG"}
 # What a model folder uploads: weights (safetensors only), configs, remote code, tokenizer, labels, card.
 UPLOADED = ["*.safetensors", "*.json", "*.py", "*.md", "*.txt", "*.model", "*.tiktoken"]
@@ -90,9 +90,9 @@ def render_model_card(
     planting = info.planting
     planting_summary = "none: the attention starts from random initialisation"
     if planting.get("kind"):
+        loss = RANKER_LOSSES[planting.get("loss") or "approx_ndcg"]
         planting_summary = (
-            f"{planting['kind']} ranker ({RANKER_LOSSES[planting.get('loss', 'approx_ndcg')]}); held-out token-ranking "
-            f"nDCG@{planting.get('ndcg_k', 10)} "
+            f"{planting['kind']} ranker ({loss}); held-out token-ranking nDCG@{planting.get('ndcg_k', 10)} "
             f"{percent(planting.get('random_init'))} at random init -> {percent(planting.get('trained'))} planted"
         )
     buckets = [

@@ -155,6 +155,7 @@ def contextual_ranker(workspace):
 
 def test_contextual_ranker_ndcg_rises_and_beats_random_init(contextual_ranker):
     metrics = load_ranker(contextual_ranker).config.metrics["contextual"]
+    assert metrics["loss"] == "listwise"  # fit's default, recorded with the ranker (the card names it)
     curve = [entry["eval_ndcg"] for entry in metrics["history"] if "eval_ndcg" in entry]
     assert len(curve) == metrics["epochs"] <= 6 and max(curve) > curve[0]
     assert metrics["trained"] == pytest.approx(max(curve), abs=1e-6)  # the best epoch is the one planted

@@ -141,9 +141,11 @@ class DocumentRanker(nn.Module):
         temperature: float = 1.0,
         max_relevant: int = 64,
         ndcg_k: int = 10,
-        loss: str = "approx_ndcg",
+        loss: str = "listwise",
     ):
         super().__init__()
+        if loss not in ("listwise", "approx_ndcg"):
+            raise ValueError(f"Unknown ranker loss {loss!r}: listwise or approx_ndcg.")
         if encoder is not None and encoder.score is not attention:
             raise ValueError("With an encoder, the ranked attention must be the encoder's own head (its `score`).")
         # Registered once (through the encoder when there is one), so that checkpoints hold each weight once.

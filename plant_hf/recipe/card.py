@@ -23,10 +23,9 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
         stage = ranker.metrics.get("contextual") or ranker.metrics.get("static") or {}
         planting = {
             "kind": ranker.kind,
-            # Static rankers, and rankers written before the listwise loss existed, fit ApproxNDCG.
-            "loss": "approx_ndcg" if ranker.kind == "static" else ranker.training.get("ranker_loss", "approx_ndcg"),
             "ndcg_k": ranker.metrics.get("ndcg_k"),
-            **{key: stage.get(key) for key in ("random_init", "trained")},
+            # Rankers written before the listwise loss existed do not record theirs: ApproxNDCG.
+            **{key: stage.get(key) for key in ("random_init", "trained", "loss")},
         }
     info = TrainingInfo(
         base_model=args.backbone or DEFAULT_BACKBONE_ID,

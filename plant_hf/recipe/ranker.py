@@ -195,7 +195,7 @@ def _pretrain_static(context: RunContext, model, mig: MIGTable, folder: Path) ->
     )
     trainer.train()
     after = held_out_ndcg(on_documents, held_out, collator, context, checkpoints)
-    return {"random_init": before, "trained": after, "history": history(trainer)}
+    return {"loss": "approx_ndcg", "random_init": before, "trained": after, "history": history(trainer)}
 
 
 def _pretrain_contextual(context: RunContext, model, mig: MIGTable, folder: Path) -> dict[str, Any]:
@@ -217,7 +217,8 @@ def _pretrain_contextual(context: RunContext, model, mig: MIGTable, folder: Path
     trainer.train(resume_from_checkpoint=last)
     # Training ended on its best epoch, whose dev nDCG Trainer kept.
     after = trainer.state.best_metric
-    return {"random_init": before, "trained": after, **training_summary(trainer), "history": history(trainer)}
+    summary = {"random_init": before, "trained": after, **training_summary(trainer), "history": history(trainer)}
+    return {"loss": args.ranker_loss, **summary}
 
 
 def trainer_for_ranker(
