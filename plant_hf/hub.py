@@ -16,9 +16,19 @@ TRAINING_INFO_FILE = "plant_training.json"
 EVAL_REPORT_FILE = "eval_report.json"
 # How the card names each ranker loss.
 RANKER_LOSSES = {"listwise": "listwise loss on the MIG grades", "approx_ndcg": "ApproxNDCG"}
-# What a model folder uploads: weights (safetensors only), configs, remote code, tokenizer, labels, card.
-UPLOADED = ["*.safetensors", "*.json", "*.py", "*.md", "*.txt", "*.model", "*.tiktoken"]
-NEVER_UPLOADED = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt", "checkpoint-*/**", f"*{PARTIAL_SUFFIX}"]
+# What a model folder uploads: weights (safetensors only), configs, remote code, tokenizer, labels, card, and the
+# lexical channel (napkinxc's classifiers are its own binary format, read by its C++ loader, not unpickled).
+UPLOADED = ["*.safetensors", "*.json", "*.py", "*.md", "*.txt", "*.model", "*.tiktoken", "lexical/*"]
+NEVER_UPLOADED = [
+    "pytorch_model*.bin",
+    "training_args.bin",
+    "*.pt",
+    "*.pth",
+    "*.pkl",
+    "*.ckpt",
+    "checkpoint-*/**",
+    f"*{PARTIAL_SUFFIX}",
+]
 
 
 @dataclass
@@ -119,6 +129,7 @@ def render_model_card(
         mig_summary=", ".join(f"{key} {value}" for key, value in info.mig.items()) or "not built",
         planting_summary=planting_summary,
         finetune_summary=", ".join(f"{key} {value}" for key, value in info.finetuning.items()),
+        lexical_summary=_lexical_summary(report.get("lexical")),
         eval_summary=f"{split} split, top-k predictions scored with plant_hf.metrics",
         changed=sorted(info.changed.items()),
         hyperparameters=json.dumps(info.hyperparameters, indent=1, default=str),
@@ -129,6 +140,19 @@ def render_model_card(
         results=[(metric_name(name), percent(report.get(name))) for name in HEADLINE_METRICS],
         buckets=buckets,
         stages=[_stage_row(name, length) for name, length in info.stages.items()],
+    )
+
+
+def _lexical_summary(lexical: dict[str, Any] | None) -> str:
+    """The lexical channel as the card tells it (from the evaluation report, which tuned its weight)."""
+    if not lexical:
+        return "none: the probabilities are the model's own"
+    if not lexical["weight"]:
+        return "trained, but given weight 0 on dev: the probabilities are the model's own"
+    return (
+        "a linear classifier per label on TF-IDF word n-grams of the whole text (napkinxc), its probabilities "
+        f"fused with the model's at weight {lexical['weight']:g} (tuned on dev) by the `xmc-classification` "
+        "pipeline; `text-classification` returns the model's own"
     )
 
 

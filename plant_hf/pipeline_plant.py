@@ -1,5 +1,6 @@
 """The `xmc-classification` pipeline: label probabilities of long documents, and the words behind each label."""
 
+import importlib
 from typing import Any
 
 import numpy as np
@@ -42,9 +43,11 @@ class PlantClassificationPipeline(Pipeline):
         threshold: float | str | None = None,
         explain: bool | None = None,
         explain_words: int | None = None,
+        lexical: bool | None = None,
         **kwargs,
     ):
         forward: dict[str, Any] = {}
+        preprocess = {"lexical": lexical} if lexical is not None else {}
         if top_k is not None:
             if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
                 raise ValueError(f"top_k must be a number of labels of at least 1 (None: every label), got {top_k!r}.")
@@ -67,7 +70,7 @@ class PlantClassificationPipeline(Pipeline):
         if explain is not None:
             forward["explain"] = explain
         postprocess = {"explain_words": explain_words} if explain_words is not None else {}
-        return {}, forward, postprocess
+        return preprocess, forward, postprocess
 
     def __call__(self, inputs, **kwargs):
         if isinstance(inputs, list | tuple):
@@ -79,7 +82,23 @@ class PlantClassificationPipeline(Pipeline):
                     )
         return super().__call__(inputs, **kwargs)
 
-    def preprocess(self, text: str) -> dict[str, Any]:
+    def lexical_channel(self):
+        """The model's lexical channel, loaded once; None where its config gives it no weight."""
+        if not hasattr(self, "_lexical"):
+            self._lexical = None
+            if getattr(self.model.config, "lexical_weight", 0.0):
+                try:
+                    lexical = importlib.import_module("plant_hf.lexical")
+                except ImportError:
+                    logger.warning_once(
+                        "This model fuses a lexical channel (config.lexical_weight) that needs the plant-hf package "
+                        "(pip install plant-hf); without it the probabilities are the model's alone."
+                    )
+                else:
+                    self._lexical = lexical.model_lexical_channel(self.model)
+        return self._lexical
+
+    def preprocess(self, text: str, lexical: bool = True) -> dict[str, Any]:
         from .modeling_plant import document_pieces
 
         if not isinstance(text, str):
@@ -99,9 +118,18 @@ class PlantClassificationPipeline(Pipeline):
                 "the rest of its text, and of every document as long, is not read."
             )
         words = _word_ids(encoded)
+        channel = self.lexical_channel() if lexical else None
+        extra = {}
+        if channel is not None:
+            # The whole text, however much of it the model reads; labels outside the channel's top-k add 0.
+            top = channel.top_k([text], importlib.import_module("plant_hf.lexical").FUSED_TOP_K)
+            valid = top.indices >= 0
+            extra["lexical_indices"] = torch.from_numpy(top.indices.clip(min=0))
+            extra["lexical_scores"] = torch.from_numpy(top.scores.clip(min=0.0) * valid)
         return {
             "input_ids": torch.tensor([[ids[position] for position in read]]),
             "attention_mask": torch.ones(1, len(read), dtype=torch.long),
+            **extra,
             "tokens": {
                 "text": text,
                 "offsets": [tuple(encoded["offset_mapping"][position]) for position in read],
@@ -117,9 +145,16 @@ class PlantClassificationPipeline(Pipeline):
         explain: bool = False,
     ) -> dict[str, Any]:
         tokens = model_inputs.pop("tokens")
-        logits = self.model(**model_inputs).logits.float()
-        width = logits.shape[-1] if top_k is None else min(top_k, logits.shape[-1])
-        top = logits.sigmoid().topk(width, dim=-1)
+        lexical = model_inputs.pop("lexical_indices", None), model_inputs.pop("lexical_scores", None)
+        probabilities = self.model(**model_inputs).logits.float().sigmoid()
+        if lexical[0] is not None:
+            weight = self.model.config.lexical_weight
+            probabilities = (1.0 - weight) * probabilities
+            probabilities.scatter_add_(
+                -1, lexical[0].to(probabilities.device), weight * lexical[1].float().to(probabilities.device)
+            )
+        width = probabilities.shape[-1] if top_k is None else min(top_k, probabilities.shape[-1])
+        top = probabilities.topk(width, dim=-1)
         indices = top.indices
         if isinstance(threshold, torch.Tensor):  # one per label
             threshold = threshold.to(indices.device)[indices]

@@ -31,13 +31,14 @@ REPORT = {
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A PLANT model trained by the recipe on a synthetic corpus whose label evidence words are known."""
+    """A PLANT model trained by the recipe on a synthetic corpus whose label evidence words are known (without the
+    lexical channel: these tests are about the model; tests/test_lexical.py has the channel's)."""
     root = tmp_path_factory.mktemp("hub")
     write_synthetic_corpus(root / "corpus", {"train": 300, "dev": 60, "test": 40}, num_labels=6, length=(20, 40))
     save_backbone(root / "bert")
     fit(
         PlantArguments(data=str(root / "corpus"), backbone=str(root / "bert"), chunk_size=32, max_chunks=2,
-                       mig_top_k=16, ranker_epochs=4, planting="static", prior_rank=8),
+                       mig_top_k=16, ranker_epochs=4, planting="static", prior_rank=8, lexical=False),
         # the attention stays as planted (lr 0): the explanations below test what planting put there
         PlantTrainingArguments(output_dir=str(root / "run"), num_train_epochs=4, per_device_train_batch_size=8,
                                planted_lr_fraction=0.0, use_cpu=True, disable_tqdm=True, seed=0),

@@ -286,6 +286,8 @@ def test_a_corpus_edited_in_place_is_not_taken_for_the_one_a_run_read(workspace,
         ({"planting": "deep"}, {}, "--planting deep: choose one of contextual, static, both, none"),
         ({}, {"metric_for_best_model": "P@7"}, "--metric_for_best_model P@7: the dev evaluation reports loss, P@1"),
         ({}, {"unfreeze_schedule": "head=x"}, "Bad unfreeze schedule item 'head=x'"),
+        ({"lexical_weight_metric": "ndcg"}, {}, "--lexical_weight_metric ndcg: the dev evaluation reports P@1"),
+        ({"lexical_ngrams": 0}, {}, "--lexical_ngrams 0: it must be at least 1"),
         ({"max_chunks": 0, "eval_top_k": 0}, {}, "--max_chunks 0: .*; --eval_top_k 0"),  # all at once
     ],
 )
@@ -490,7 +492,7 @@ def test_the_console_tells_the_stages_an_epoch_a_line_and_what_to_run_next(works
     shown = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
     transcript = shown.stdout + shown.stderr
     headers = [line for line in transcript.splitlines() if line.startswith("── ")]
-    assert headers == ["── data", "── MIG table", "── ranker", "── fine-tuning", "── evaluation"]
+    assert headers == ["── data", "── MIG table", "── ranker", "── fine-tuning", "── lexical channel", "── evaluation"]
     epochs = re.findall(r"^fine-tuning epoch (\d+)/2: dev P@5 \d+\.\d\d", transcript, flags=re.M)
     assert epochs == ["1", "2"] and len(re.findall(r"^ranker epoch \d/2: dev ndcg", transcript, flags=re.M)) == 2
     assert re.search(r"^ranker before training: dev ndcg \d+\.\d\d$", transcript, flags=re.M)

@@ -1,5 +1,5 @@
-"""The PLANT recipe, one module per stage: data -> MIG table -> ranker -> planting and fine-tuning -> evaluation ->
-model card.
+"""The PLANT recipe, one module per stage: data -> MIG table -> ranker -> planting and fine-tuning -> lexical channel
+-> evaluation -> model card.
 
 Each stage owns its options (one dataclass, one group of `plant-hf fit --help`) and a runner that writes into the run
 folder (`output_dir`) and skips its work when its output is already there: running the same command again continues
@@ -22,17 +22,27 @@ from .card import card_stage, stage_lengths
 from .data import DataArguments, RunContext, prepare_run
 from .evaluation import EvaluationArguments, evaluate_stage, predict_top_k, split_predictions
 from .finetuning import FinetuningArguments, classifier, finetune_stage
+from .lexical import LexicalArguments, lexical_stage
 from .mig import MigArguments, mig_stage
 from .ranker import RankerArguments, ranker_stage
 
 logger = logging.get_logger(__name__)
 
 # The recipe's option groups in the order of its stages (Trainer's options follow them).
-STAGE_ARGUMENTS = (DataArguments, MigArguments, RankerArguments, FinetuningArguments, EvaluationArguments)
+STAGE_ARGUMENTS = (
+    DataArguments,
+    MigArguments,
+    RankerArguments,
+    FinetuningArguments,
+    LexicalArguments,
+    EvaluationArguments,
+)
 
 
 @dataclass
-class PlantArguments(EvaluationArguments, FinetuningArguments, RankerArguments, MigArguments, DataArguments):
+class PlantArguments(
+    EvaluationArguments, LexicalArguments, FinetuningArguments, RankerArguments, MigArguments, DataArguments
+):
     """The options of every stage of the PLANT recipe (Trainer's options come alongside)."""
 
     @classmethod
@@ -63,7 +73,7 @@ def fit(args: PlantArguments, training: PlantTrainingArguments) -> dict[str, Any
     context = prepare_run(args, training)
     ranker = ranker_stage(context, mig_stage(context))
     model_folder = finetune_stage(context, ranker)
-    report = evaluate_stage(context, model_folder)
+    report = evaluate_stage(context, model_folder, lexical_stage(context))
     card_stage(context, model_folder, report)
     if context.is_main:
         logger.info(format_metrics_table(report))

@@ -40,6 +40,7 @@ STAGE_OUTPUTS = {
     "mig": ("mig",),
     "ranker": ("ranker",),
     "fine-tuning": ("checkpoints", "adapter", "model", "finetuning_summary.json"),
+    "lexical": ("lexical",),
     "evaluation": ("eval",),
 }
 # Options that do not change what a run computes: they may differ when a run is continued.
@@ -230,6 +231,11 @@ def check_options(args: Any, training: PlantTrainingArguments) -> None:
         problems.append(
             f"--metric_for_best_model {metric}: the dev evaluation reports loss, {', '.join(reported_metrics())}"
         )
+    if args.lexical_weight_metric not in reported_metrics():
+        problems.append(
+            f"--lexical_weight_metric {args.lexical_weight_metric}: the dev evaluation reports "
+            f"{', '.join(reported_metrics())}"
+        )
     if training.unfreeze_schedule:
         try:
             parse_unfreeze_schedule(training.unfreeze_schedule)
@@ -340,8 +346,11 @@ def option_stages(args: Any) -> dict[str, str]:
 
 
 def run_config(args: Any, training: PlantTrainingArguments) -> dict[str, Any]:
-    """The options that decide what a run computes, as recorded in its folder."""
+    """The options that decide what a run computes, as recorded in its folder (a local corpus by its absolute path:
+    the same folder named from elsewhere is the same corpus)."""
     values = {**dataclasses.asdict(args), **training.to_dict()}
+    if args.data != SYNTHETIC_DATA and Path(args.data).exists():
+        values["data"] = str(Path(args.data).resolve())
     return {key: value for key, value in sorted(values.items()) if key not in _VOLATILE}
 
 

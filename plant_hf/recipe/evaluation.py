@@ -1,22 +1,28 @@
-"""Stage 6 of the recipe: decision thresholds tuned on dev, then the final model scored on the test split."""
+"""Stage 7 of the recipe: the lexical channel's weight and the decision thresholds tuned on dev, then the final model
+scored on the test split."""
 
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from transformers import TrainingArguments
+from transformers.utils import logging
 
 from ..data import write_predictions
 from ..files import atomic_path
+from ..lexical import FUSED_TOP_K, LEXICAL_FOLDER, LexicalRanker, fuse, tune_lexical_weight
 from ..metrics import TopKPredictions, as_truth_matrix, evaluate_predictions, threshold_metrics, tune_label_thresholds
 from ..modeling_plant import PlantForMultiLabelClassification
-from ..training.evaluation import plot_frequency_buckets, top_k_logits, write_report
+from ..training.evaluation import flatten_report, plot_frequency_buckets, top_k_logits, write_report
 from ..training.trainer import XMCTrainer
 from .data import RunContext
 from .finetuning import inference_inputs
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -43,16 +49,19 @@ class EvaluationArguments:
     )
 
 
-def evaluate_stage(context: RunContext, model_folder: Path) -> dict[str, Any]:
-    """Score the final model on the test split (unseen labels count as misses): report, plot and predictions."""
+def evaluate_stage(context: RunContext, model_folder: Path, lexical: LexicalRanker | None = None) -> dict[str, Any]:
+    """Tune the weight of the `lexical` channel (when there is one) and the decision thresholds on dev, save them
+    with the model, and score it on the test split (unseen labels count as misses): report, plot and
+    predictions."""
     folder = context.folder / "eval"
     report_path = folder / "test_metrics.json"
     context.begin_stage("evaluation", report_path)
     if report_path.exists():
         return json.loads(report_path.read_text())
     model = PlantForMultiLabelClassification.from_pretrained(model_folder, dtype=context.args.dtype).eval()
-    threshold = _tuned_thresholds(context, model, model_folder) if context.args.tune_thresholds else None
-    predictions = split_predictions(context, model, "test")
+    dev_weights = _tune_on_dev(context, model, model_folder, lexical)
+    threshold = np.asarray(model.config.label_thresholds) if context.args.tune_thresholds else None
+    predictions = split_predictions(context, model, "test", lexical)
     test = context.splits["test"]
     truth, _ = context.vocabulary.evaluation_targets(test["labels"])
     report = evaluate_predictions(
@@ -65,6 +74,8 @@ def evaluate_stage(context: RunContext, model_folder: Path) -> dict[str, Any]:
     if threshold is not None:
         fixed = threshold_metrics(as_truth_matrix(truth, len(context.vocabulary)), predictions, context.args.threshold)
         report["fixed_threshold"] = {"threshold": context.args.threshold, **fixed}
+    if lexical is not None:
+        report["lexical"] = {"weight": model.config.lexical_weight, "dev": dev_weights}
     report["meta"] = {
         "split": "test",
         "notes": context.notes,
@@ -87,23 +98,70 @@ def evaluate_stage(context: RunContext, model_folder: Path) -> dict[str, Any]:
     return report
 
 
-def split_predictions(context: RunContext, model: PlantForMultiLabelClassification, split: str) -> TopKPredictions:
+def split_predictions(
+    context: RunContext,
+    model: PlantForMultiLabelClassification,
+    split: str,
+    lexical: LexicalRanker | None = None,
+    neural: TopKPredictions | None = None,
+) -> TopKPredictions:
     """The model's top-k predictions on a split of the run, with the run's Trainer settings (devices, precision,
-    evaluation batch size)."""
-    arguments = dataclasses.replace(context.training, output_dir=str(context.folder / "eval"))
-    return predict_top_k(model, *inference_inputs(context, model, split), context.args.eval_top_k, arguments)
+    evaluation batch size), fused with the `lexical` channel's as the model's `lexical_weight` says. `neural`: the
+    model's own predictions, where already made."""
+    if neural is None:
+        arguments = dataclasses.replace(context.training, output_dir=str(context.folder / "eval"))
+        neural = predict_top_k(model, *inference_inputs(context, model, split), context.args.eval_top_k, arguments)
+    weight = model.config.lexical_weight
+    if lexical is None or not weight:
+        return neural
+    return fuse(neural, lexical.top_k(context.splits[split]["text"], FUSED_TOP_K), weight)
 
 
-def _tuned_thresholds(context: RunContext, model: PlantForMultiLabelClassification, model_folder: Path) -> np.ndarray:
-    """Per-label thresholds tuned on the dev split, also written into the saved model's config."""
+def _tune_on_dev(
+    context: RunContext, model: PlantForMultiLabelClassification, model_folder: Path, lexical: LexicalRanker | None
+) -> dict[float, float] | None:
+    """The lexical channel's weight (by the dev selection metric) and then the per-label thresholds (on the fused
+    dev predictions), set in the model's config and saved with it, the channel copied into the model folder when
+    its weight is above 0. Returns each lexical weight's dev score (None without the channel)."""
+    args = context.args
     truth, _ = context.vocabulary.evaluation_targets(context.splits["dev"]["labels"])
-    predictions = split_predictions(context, model, "dev")
-    thresholds = tune_label_thresholds(truth, predictions)
-    model.config.label_thresholds = thresholds.tolist()
+    neural = split_predictions(context, model, "dev") if lexical is not None or args.tune_thresholds else None
+    scores = None
+    model.config.lexical_weight = 0.0
+    if lexical is not None:
+        dev_lexical = lexical.top_k(context.splits["dev"]["text"], FUSED_TOP_K)
+        model.config.lexical_weight, scores = tune_lexical_weight(truth, neural, dev_lexical, _selection(context))
+        if context.is_main:
+            logger.info(f"lexical channel: weight {model.config.lexical_weight:g} (tuned on dev)")
+    if args.tune_thresholds:
+        fused = split_predictions(context, model, "dev", lexical, neural=neural)
+        model.config.label_thresholds = tune_label_thresholds(truth, fused).tolist()
     if context.is_main:
+        _place_lexical(lexical, model_folder, model.config.lexical_weight)
         with atomic_path(model_folder / "config.json") as partial:
             model.config.to_json_file(partial)
-    return thresholds
+    return scores
+
+
+def _selection(context: RunContext):
+    """The dev metric that picks the lexical channel's weight (`--lexical_weight_metric`)."""
+    name, vocabulary = context.args.lexical_weight_metric, context.vocabulary
+
+    def metric(truth, predictions: TopKPredictions) -> float:
+        report = evaluate_predictions(truth, predictions, vocabulary.counts, vocabulary.num_documents)
+        return flatten_report(report)[name]
+
+    return metric
+
+
+def _place_lexical(lexical: LexicalRanker | None, model_folder: Path, weight: float) -> None:
+    """The channel in the model folder where it has a weight; none there otherwise."""
+    target = model_folder / LEXICAL_FOLDER
+    if lexical is None or not weight:
+        shutil.rmtree(target, ignore_errors=True)
+        return
+    with atomic_path(target) as partial:
+        shutil.copytree(lexical.folder, partial)
 
 
 def predict_top_k(model, documents, collator, k: int, arguments: TrainingArguments) -> TopKPredictions:

@@ -1,0 +1,203 @@
+"""The lexical channel: TF-IDF word uni- and bigrams of the whole document, each label scored by its own linear
+classifier (squared hinge, napkinxc's binary relevance, as PECOS XR-Linear's rankers), and those probabilities fused
+with the planted attention's.
+
+A frozen encoder reading the first chunks of a document blurs the exact words that name a rare or mid-frequency
+subject; a linear model on the bigrams of the whole text keeps them. The two rank differently enough that their
+weighted mean beats each (measured in BENCHMARKS.md). The channel is saved in a model folder's `lexical/`: the
+vocabulary as JSON, the inverse document frequencies as safetensors and the classifiers in napkinxc's own binary
+format (never pickle).
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from transformers.utils import logging
+
+from .files import atomic_path
+from .metrics import TopKPredictions
+
+logger = logging.get_logger(__name__)
+
+LEXICAL_FOLDER = "lexical"
+SETTINGS_FILE = "lexical.json"
+IDF_FILE = "idf.safetensors"
+# napkinxc's files of a trained binary-relevance model.
+CLASSIFIER_FILES = ("args.bin", "weights.bin")
+FILES = (SETTINGS_FILE, IDF_FILE, *CLASSIFIER_FILES)
+# Labels of the lexical channel kept per document for the fusion (the others add 0).
+FUSED_TOP_K = 100
+# The weights of the lexical channel that `tune_lexical_weight` tries (0: the model alone, 1: the channel alone).
+LEXICAL_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
+
+
+def labels_fingerprint(labels: list[str]) -> str:
+    """What identifies a label space: its labels in index order."""
+    return hashlib.sha256("\n".join(labels).encode("utf-8")).hexdigest()[:16]
+
+
+def _vectorizer(ngrams: int, min_df: int, vocabulary: dict[str, int] | None = None):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(
+        ngram_range=(1, ngrams),
+        min_df=min_df if vocabulary is None else 1,
+        sublinear_tf=True,
+        dtype=np.float32,
+        vocabulary=vocabulary,
+    )
+
+
+class LexicalRanker:
+    """TF-IDF features of whole documents and one linear classifier per label over them.
+
+    Build one with [`LexicalRanker.fit`] (it writes its folder) or load one with [`LexicalRanker.load`].
+    """
+
+    def __init__(self, folder: Path, vectorizer, classifiers, labels: list[str]):
+        self.folder = folder
+        self.vectorizer = vectorizer
+        self.classifiers = classifiers
+        self.labels = labels
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def fit(
+        cls,
+        texts: list[str],
+        label_ids: list[list[int]],
+        labels: list[str],
+        folder: str | os.PathLike,
+        *,
+        ngrams: int,
+        min_df: int,
+        c: float,
+    ) -> "LexicalRanker":
+        """Learn the vocabulary (word 1- to `ngrams`-grams in at least `min_df` documents) and the classifiers
+        (liblinear cost `c`) from training documents (`label_ids[i]`: indices into `labels`) and write them to
+        `folder`, which appears whole or not at all."""
+        from napkinxc.models import BR
+        from safetensors.numpy import save_file
+
+        folder = Path(folder)
+        settings = {"ngrams": ngrams, "min_df": min_df, "c": c}
+        vectorizer = _vectorizer(ngrams, min_df)
+        features = vectorizer.fit_transform(texts)
+        # Every label must have an index the classifiers know: napkinxc sizes its label space by the largest seen.
+        if any(index >= len(labels) for row in label_ids for index in row):
+            raise ValueError(f"label indices must lie in [0, {len(labels)}).")
+        logger.info(
+            f"lexical channel: {features.shape[1]:,} 1- to {ngrams}-grams of {len(texts):,} documents, "
+            f"one classifier per label ({len(labels):,})"
+        )
+        with atomic_path(folder) as partial:
+            partial.mkdir(parents=True)
+            classifiers = BR(str(partial), loss="l2", liblinear_c=c, threads=0)
+            classifiers.fit(features, [list(map(int, row)) for row in label_ids])
+            vocabulary = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
+            save_file({"idf": vectorizer.idf_.astype(np.float32)}, str(partial / IDF_FILE))
+            record = {
+                "settings": settings,
+                "num_labels": len(labels),
+                "labels_fingerprint": labels_fingerprint(labels),
+                "vocabulary": vocabulary,
+            }
+            (partial / SETTINGS_FILE).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+        return cls.load(folder, labels)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, labels: list[str]) -> "LexicalRanker":
+        """The channel saved in `folder`, refused unless it was trained for exactly `labels` (in this order)."""
+        from napkinxc.models import BR
+        from safetensors.numpy import load_file
+
+        folder = Path(folder)
+        missing = [name for name in FILES if not (folder / name).is_file()]
+        if missing:
+            raise ValueError(
+                f"{folder} is not a whole lexical channel: {', '.join(missing)} missing. Train it again "
+                "(plant-hf fit on the run folder) or set the model's lexical_weight to 0."
+            )
+        record = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
+        if record["num_labels"] != len(labels) or record["labels_fingerprint"] != labels_fingerprint(labels):
+            raise ValueError(
+                f"The lexical channel in {folder} was trained for {record['num_labels']} other labels than the "
+                f"model's {len(labels)}: it does not fit this model. Train it again with the model's labels."
+            )
+        settings = record["settings"]
+        vocabulary = {term: index for index, term in enumerate(record["vocabulary"])}
+        vectorizer = _vectorizer(settings["ngrams"], settings["min_df"], vocabulary)
+        vectorizer.idf_ = load_file(str(folder / IDF_FILE))["idf"]
+        classifiers = BR(str(folder), loss="l2", liblinear_c=settings["c"], threads=0)
+        classifiers.load()
+        return cls(folder, vectorizer, classifiers, labels)
+
+    def top_k(self, texts: list[str], k: int) -> TopKPredictions:
+        """Each text's `k` most probable labels by the lexical channel alone."""
+        rows = self.classifiers.predict_proba(self.vectorizer.transform(texts), top_k=k)
+        indices = np.full((len(texts), k), -1, dtype=np.int64)
+        scores = np.full((len(texts), k), -np.inf)
+        for row, pairs in enumerate(rows):
+            for rank, (label, score) in enumerate(pairs[:k]):
+                indices[row, rank], scores[row, rank] = label, score
+        return TopKPredictions(indices, scores, self.num_labels)
+
+
+def fuse(neural: Any, lexical: TopKPredictions, weight: float, k: int | None = None) -> TopKPredictions:
+    """`(1 - weight) * neural + weight * lexical` probabilities, each document's `k` best (default: the neural
+    predictions' k). `neural` is a [`TopKPredictions`] or a dense `(documents, labels)` array; a label missing from
+    one side's top-k counts as 0 there."""
+    if isinstance(neural, TopKPredictions):
+        k = k or neural.k
+        neural = neural.to_sparse()
+    else:
+        neural = sparse.csr_matrix(np.asarray(neural, dtype=np.float64))
+        k = k or neural.shape[1]
+    fused = (1.0 - weight) * neural + weight * lexical.to_sparse()
+    return TopKPredictions.from_sparse(fused, k)
+
+
+def tune_lexical_weight(truth: Any, neural: TopKPredictions, lexical: TopKPredictions, metric) -> tuple[float, dict]:
+    """The weight of `LEXICAL_WEIGHTS` whose fused predictions score best by `metric(truth, predictions)` on these
+    held-out documents (the lowest weight among equals), and each weight's score."""
+    scores = {float(weight): float(metric(truth, fuse(neural, lexical, weight))) for weight in LEXICAL_WEIGHTS}
+    best = max(scores, key=lambda weight: (scores[weight], -weight))
+    return best, scores
+
+
+def model_lexical_channel(model) -> LexicalRanker | None:
+    """The lexical channel saved with a loaded model (its folder, or its Hub repository's `lexical/`), or None
+    where its config gives the channel no weight."""
+    config = model.config
+    if not getattr(config, "lexical_weight", 0.0):
+        return None
+    source = str(getattr(model, "name_or_path", "") or getattr(config, "_name_or_path", ""))
+    local = Path(source) / LEXICAL_FOLDER
+    if local.is_dir():
+        folder = local
+    else:
+        from transformers.utils import cached_file
+
+        paths = [cached_file(source, name, subfolder=LEXICAL_FOLDER) for name in FILES]
+        folder = Path(paths[0]).parent
+    labels = [config.id2label[index] for index in range(config.num_labels)]
+    return LexicalRanker.load(folder, labels)
+
+
+__all__ = [
+    "FUSED_TOP_K",
+    "LEXICAL_FOLDER",
+    "LEXICAL_WEIGHTS",
+    "LexicalRanker",
+    "fuse",
+    "model_lexical_channel",
+    "tune_lexical_weight",
+]

@@ -1,0 +1,71 @@
+"""Stage 6 of the recipe: the lexical channel, TF-IDF linear classifiers on the whole text of the training documents,
+trained beside the neural model (its weight in the fused probabilities is tuned on dev by the evaluation stage)."""
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..lexical import LEXICAL_FOLDER, SETTINGS_FILE, LexicalRanker
+from .data import RunContext
+
+
+@dataclass
+class LexicalArguments:
+    """The lexical channel: what it reads and how its classifiers learn."""
+
+    stage: ClassVar[str] = "lexical"
+    _argument_group_name: ClassVar[str] = "Lexical channel"
+    # The least value of each numeric option (None stays allowed where it is the default).
+    at_least: ClassVar[dict[str, int]] = {"lexical_ngrams": 1, "lexical_min_df": 1}
+
+    lexical: bool = field(
+        default=True,
+        metadata={
+            "help": "Train a linear classifier per label on TF-IDF word n-grams of each whole document (napkinxc, "
+            "squared hinge) and fuse its probabilities with the model's, (1 - w) model + w lexical, w tuned on dev "
+            "(0 where it does not help); saved in the model folder's lexical/ and used by the xmc-classification "
+            "pipeline, predict and explain. --lexical false: the model alone."
+        },
+    )
+    lexical_ngrams: int = field(default=2, metadata={"help": "Longest word n-gram of the lexical features."})
+    lexical_min_df: int = field(
+        default=2, metadata={"help": "Least number of training documents a lexical feature must occur in."}
+    )
+    lexical_c: float = field(
+        default=10.0, metadata={"help": "Cost of the lexical classifiers' errors (liblinear's C; higher fits closer)."}
+    )
+    lexical_weight_metric: str = field(
+        default="nDCG@5",
+        metadata={
+            "help": "Dev metric that picks the channel's weight (the least weight among equals). nDCG@5 weighs the "
+            "order within the top 5, which separates weights that P@5 on a few hundred dev documents scores alike."
+        },
+    )
+
+
+def lexical_stage(context: RunContext) -> LexicalRanker | None:
+    """Train the lexical channel on the training split into `<output_dir>/lexical` (kept when already there)."""
+    args = context.args
+    if not args.lexical:
+        return None
+    folder = context.folder / LEXICAL_FOLDER
+    context.begin_stage("lexical channel", folder / SETTINGS_FILE)
+    labels = context.vocabulary.labels
+    if context.is_main and not folder.exists():
+        train = context.splits["train"]
+        label_ids = [[context.vocabulary.label2id[label] for label in row] for row in train["labels"]]
+        LexicalRanker.fit(
+            train["text"],
+            label_ids,
+            labels,
+            folder,
+            ngrams=args.lexical_ngrams,
+            min_df=args.lexical_min_df,
+            c=args.lexical_c,
+        )
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+    return LexicalRanker.load(folder, labels)
+
+
+__all__ = ["LexicalArguments", "lexical_stage"]
