@@ -151,8 +151,9 @@ def _lexical_summary(lexical: dict[str, Any] | None) -> str:
         return "trained, but given weight 0 on dev: the probabilities are the model's own"
     return (
         "a linear classifier per label on TF-IDF word n-grams of the whole text (napkinxc), its probabilities "
-        f"fused with the model's at weight {lexical['weight']:g} (tuned on dev) by the `xmc-classification` "
-        "pipeline; `text-classification` returns the model's own"
+        f"fused with the model's at weight {lexical['weight']:g} (tuned on dev; the channel trained on "
+        f"{lexical.get('trained on', 'train')}) by the `xmc-classification` pipeline; `text-classification` returns "
+        "the model's own"
     )
 
 

@@ -153,7 +153,7 @@ def test_the_pipeline_fuses_as_the_recipe_scored_the_test_split(run):
 def test_the_card_tells_the_channel_and_a_push_sends_it_with_the_model(run, tmp_path):
     root, report = run
     card = (root / "run" / "model" / "README.md").read_text()
-    assert f"fused with the model's at weight {report['lexical']['weight']:g} (tuned on dev)" in card
+    assert f"fused with the model's at weight {report['lexical']['weight']:g} (tuned on dev; the channel " in card
     folder = tmp_path / "model"
     shutil.copytree(root / "run" / "model", folder)
     api = FakeHfApi()
@@ -179,3 +179,30 @@ def test_predict_fuses_the_channel_unless_told_not_to(run, tmp_path):
             assert record.scores == pytest.approx([entry["score"] for entry in expected], abs=1e-6)
     fused, alone = (read_predictions(tmp_path / f"lexical-{flag}.jsonl") for flag in (True, False))
     assert [record.scores for record in fused] != [record.scores for record in alone]
+
+
+def test_documents_held_out_for_selection_return_to_the_saved_channel(tmp_path):
+    """Without a dev split, fit holds out 5% of the training split to choose the weight and thresholds; the saved
+    channel then learns from those documents too, and the test report scores that channel."""
+    write_synthetic_corpus(tmp_path / "corpus", {"train": 400, "test": 30}, num_labels=6, length=(20, 40))
+    save_backbone(tmp_path / "bert")
+    report = fit(
+        PlantArguments(data=str(tmp_path / "corpus"), backbone=str(tmp_path / "bert"), chunk_size=32, max_chunks=2,
+                       planting="none", label_init="random", context_gate=False),
+        PlantTrainingArguments(output_dir=str(tmp_path / "run"), num_train_epochs=1, learning_rate=1e-6,
+                               per_device_train_batch_size=8, use_cpu=True, disable_tqdm=True, seed=0),
+    )  # fmt: skip
+    assert report["lexical"]["weight"] > 0 and report["lexical"]["trained on"] == "train and held-out dev"
+    read = {
+        place: json.loads((tmp_path / "run" / place / "lexical.json").read_text())
+        for place in ("lexical", "model/lexical")
+    }
+    assert read["lexical"]["labels_fingerprint"] == read["model/lexical"]["labels_fingerprint"]
+    assert len(read["model/lexical"]["vocabulary"]) > len(read["lexical"]["vocabulary"])  # 380 documents, then 400
+    assert not list((tmp_path / "run").glob("lexical-with-held-out*"))
+    classify = pipeline("xmc-classification", model=str(tmp_path / "run" / "model"))
+    document = json.loads((tmp_path / "corpus" / "test.jsonl").read_text().splitlines()[0])
+    saved = read_predictions(tmp_path / "run" / "eval" / "test_predictions.jsonl")[0]
+    fused = classify(document["text"], top_k=3)
+    assert saved.id == document["id"] and saved.labels[:3] == [entry["label"] for entry in fused]
+    assert saved.scores[:3] == pytest.approx([entry["score"] for entry in fused], abs=1e-5)

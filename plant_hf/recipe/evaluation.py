@@ -21,6 +21,7 @@ from ..training.evaluation import flatten_report, plot_frequency_buckets, top_k_
 from ..training.trainer import XMCTrainer
 from .data import RunContext
 from .finetuning import inference_inputs
+from .lexical import returns_held_out, train_channel
 
 logger = logging.get_logger(__name__)
 
@@ -60,6 +61,8 @@ def evaluate_stage(context: RunContext, model_folder: Path, lexical: LexicalRank
         return json.loads(report_path.read_text())
     model = PlantForMultiLabelClassification.from_pretrained(model_folder, dtype=context.args.dtype).eval()
     dev_weights = _tune_on_dev(context, model, model_folder, lexical)
+    if lexical is not None and model.config.lexical_weight and returns_held_out(context):
+        lexical = _with_held_out(context, model_folder)
     threshold = np.asarray(model.config.label_thresholds) if context.args.tune_thresholds else None
     predictions = split_predictions(context, model, "test", lexical)
     test = context.splits["test"]
@@ -75,7 +78,13 @@ def evaluate_stage(context: RunContext, model_folder: Path, lexical: LexicalRank
         fixed = threshold_metrics(as_truth_matrix(truth, len(context.vocabulary)), predictions, context.args.threshold)
         report["fixed_threshold"] = {"threshold": context.args.threshold, **fixed}
     if lexical is not None:
-        report["lexical"] = {"weight": model.config.lexical_weight, "dev": dev_weights}
+        report["lexical"] = {
+            "weight": model.config.lexical_weight,
+            "dev": dev_weights,
+            "trained on": "train and held-out dev"
+            if model.config.lexical_weight and returns_held_out(context)
+            else "train",
+        }
     report["meta"] = {
         "split": "test",
         "notes": context.notes,
@@ -152,6 +161,23 @@ def _selection(context: RunContext):
         return flatten_report(report)[name]
 
     return metric
+
+
+def _with_held_out(context: RunContext, model_folder: Path) -> LexicalRanker:
+    """The saved channel trained again on the training and the held-out dev documents (its weight and the
+    thresholds already chosen with the channel of the training documents alone)."""
+    partial = context.folder / f"{LEXICAL_FOLDER}-with-held-out"
+    shutil.rmtree(partial, ignore_errors=True)
+    channel = train_channel(context, ("train", "dev"), partial)
+    if context.is_main:
+        logger.info(f"lexical channel: trained again with the {len(context.splits['dev'])} held-out documents")
+        with atomic_path(model_folder / LEXICAL_FOLDER) as target:
+            shutil.copytree(partial, target)
+        shutil.rmtree(partial)
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+    return LexicalRanker.load(model_folder / LEXICAL_FOLDER, channel.labels)
 
 
 def _place_lexical(lexical: LexicalRanker | None, model_folder: Path, weight: float) -> None:

@@ -2,6 +2,7 @@
 trained beside the neural model (its weight in the fused probabilities is tuned on dev by the evaluation stage)."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from ..lexical import LEXICAL_FOLDER, SETTINGS_FILE, LexicalRanker
@@ -33,6 +34,14 @@ class LexicalArguments:
     lexical_c: float = field(
         default=10.0, metadata={"help": "Cost of the lexical classifiers' errors (liblinear's C; higher fits closer)."}
     )
+    lexical_with_held_out: bool = field(
+        default=True,
+        metadata={
+            "help": "Where the dev split was held out of the training split (the corpus has no dev split) and the "
+            "run trains on all of it, train the saved channel again on the training and held-out documents once "
+            "its weight and the thresholds are chosen: labels seen a handful of times gain their held-out examples."
+        },
+    )
     lexical_weight_metric: str = field(
         default="nDCG@5",
         metadata={
@@ -44,19 +53,34 @@ class LexicalArguments:
 
 def lexical_stage(context: RunContext) -> LexicalRanker | None:
     """Train the lexical channel on the training split into `<output_dir>/lexical` (kept when already there)."""
-    args = context.args
-    if not args.lexical:
+    if not context.args.lexical:
         return None
     folder = context.folder / LEXICAL_FOLDER
     context.begin_stage("lexical channel", folder / SETTINGS_FILE)
-    labels = context.vocabulary.labels
+    return train_channel(context, ("train",), folder)
+
+
+def returns_held_out(context: RunContext) -> bool:
+    """Whether the saved channel is trained again with the held-out dev documents (`--lexical_with_held_out`)."""
+    held_out = "dev" in context.notes and "test" not in context.notes  # dev carved from train, test its own
+    return context.args.lexical_with_held_out and held_out and context.args.train_fraction == 1.0
+
+
+def train_channel(context: RunContext, splits: tuple[str, ...], folder: Path) -> LexicalRanker:
+    """The channel trained on the documents of `splits` (the model's labels only) into `folder`, by the main
+    process unless it is already there."""
+    args, vocabulary = context.args, context.vocabulary
     if context.is_main and not folder.exists():
-        train = context.splits["train"]
-        label_ids = [[context.vocabulary.label2id[label] for label in row] for row in train["labels"]]
+        texts = [text for split in splits for text in context.splits[split]["text"]]
+        label_ids = [
+            [vocabulary.label2id[label] for label in row if label in vocabulary.label2id]
+            for split in splits
+            for row in context.splits[split]["labels"]
+        ]
         LexicalRanker.fit(
-            train["text"],
+            texts,
             label_ids,
-            labels,
+            vocabulary.labels,
             folder,
             ngrams=args.lexical_ngrams,
             min_df=args.lexical_min_df,
@@ -65,7 +89,7 @@ def lexical_stage(context: RunContext) -> LexicalRanker | None:
     from accelerate import PartialState
 
     PartialState().wait_for_everyone()
-    return LexicalRanker.load(folder, labels)
+    return LexicalRanker.load(folder, vocabulary.labels)
 
 
-__all__ = ["LexicalArguments", "lexical_stage"]
+__all__ = ["LexicalArguments", "lexical_stage", "returns_held_out", "train_channel"]
