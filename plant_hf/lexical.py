@@ -1,6 +1,7 @@
-"""The lexical channel: TF-IDF word uni- and bigrams of the whole document, each label scored by its own linear
-classifier (squared hinge, napkinxc's binary relevance, as PECOS XR-Linear's rankers), and those probabilities fused
-with the planted attention's.
+"""The lexical channel: TF-IDF word uni- and bigrams of the whole document, each label scored by a linear classifier
+(squared hinge, as PECOS XR-Linear's rankers: napkinxc's binary relevance, one per label, or its probabilistic label
+tree, which trains and predicts in time logarithmic in the labels), and those probabilities fused with the planted
+attention's.
 
 A frozen encoder reading the first chunks of a document blurs the exact words that name a rare or mid-frequency
 subject; a linear model on the bigrams of the whole text keeps them. The two rank differently enough that their
@@ -27,9 +28,10 @@ logger = logging.get_logger(__name__)
 LEXICAL_FOLDER = "lexical"
 SETTINGS_FILE = "lexical.json"
 IDF_FILE = "idf.safetensors"
-# napkinxc's files of a trained binary-relevance model.
-CLASSIFIER_FILES = ("args.bin", "weights.bin")
-FILES = (SETTINGS_FILE, IDF_FILE, *CLASSIFIER_FILES)
+# napkinxc's files of a trained model of each kind.
+CLASSIFIER_FILES = {"br": ("args.bin", "weights.bin"), "plt": ("args.bin", "weights.bin", "tree.bin", "tree.txt")}
+# The tree's arity: as PECOS's XR-Linear, 16 children a node.
+TREE_ARITY = 16
 # Labels of the lexical channel kept per document for the fusion (the others add 0).
 FUSED_TOP_K = 100
 # The weights of the lexical channel that `tune_lexical_weight` tries (0: the model alone, 1: the channel alone).
@@ -39,6 +41,20 @@ LEXICAL_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 def labels_fingerprint(labels: list[str]) -> str:
     """What identifies a label space: its labels in index order."""
     return hashlib.sha256("\n".join(labels).encode("utf-8")).hexdigest()[:16]
+
+
+def files(model: str) -> tuple[str, ...]:
+    """What a saved channel with classifiers of `model` holds."""
+    return (SETTINGS_FILE, IDF_FILE, *CLASSIFIER_FILES[model])
+
+
+def _classifiers(model: str, folder: Path, c: float):
+    """napkinxc's model of that kind, writing to or reading from `folder`."""
+    from napkinxc.models import BR, PLT
+
+    if model == "plt":
+        return PLT(str(folder), loss="l2", liblinear_c=c, arity=TREE_ARITY, seed=0, threads=0)
+    return BR(str(folder), loss="l2", liblinear_c=c, threads=0)
 
 
 def _vectorizer(ngrams: int, min_df: int, vocabulary: dict[str, int] | None = None):
@@ -80,15 +96,18 @@ class LexicalRanker:
         ngrams: int,
         min_df: int,
         c: float,
+        model: str = "br",
     ) -> "LexicalRanker":
         """Learn the vocabulary (word 1- to `ngrams`-grams in at least `min_df` documents) and the classifiers
         (liblinear cost `c`) from training documents (`label_ids[i]`: indices into `labels`) and write them to
-        `folder`, which appears whole or not at all."""
-        from napkinxc.models import BR
+        `folder`, which appears whole or not at all. `model`: `br`, a classifier per label over every document;
+        `plt`, a label tree whose classifiers each see the documents of their node."""
         from safetensors.numpy import save_file
 
         folder = Path(folder)
-        settings = {"ngrams": ngrams, "min_df": min_df, "c": c}
+        if model not in CLASSIFIER_FILES:
+            raise ValueError(f"model must be one of {', '.join(CLASSIFIER_FILES)}, got {model!r}.")
+        settings = {"ngrams": ngrams, "min_df": min_df, "c": c, "model": model}
         vectorizer = _vectorizer(ngrams, min_df)
         features = vectorizer.fit_transform(texts)
         # Every label must have an index the classifiers know: napkinxc sizes its label space by the largest seen.
@@ -96,11 +115,11 @@ class LexicalRanker:
             raise ValueError(f"label indices must lie in [0, {len(labels)}).")
         logger.info(
             f"lexical channel: {features.shape[1]:,} 1- to {ngrams}-grams of {len(texts):,} documents, "
-            f"one classifier per label ({len(labels):,})"
+            f"{'one classifier per label' if model == 'br' else 'a label tree'} ({len(labels):,} labels)"
         )
         with atomic_path(folder) as partial:
             partial.mkdir(parents=True)
-            classifiers = BR(str(partial), loss="l2", liblinear_c=c, threads=0)
+            classifiers = _classifiers(model, partial, c)
             classifiers.fit(features, [list(map(int, row)) for row in label_ids])
             vocabulary = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
             save_file({"idf": vectorizer.idf_.astype(np.float32)}, str(partial / IDF_FILE))
@@ -116,11 +135,13 @@ class LexicalRanker:
     @classmethod
     def load(cls, folder: str | os.PathLike, labels: list[str]) -> "LexicalRanker":
         """The channel saved in `folder`, refused unless it was trained for exactly `labels` (in this order)."""
-        from napkinxc.models import BR
         from safetensors.numpy import load_file
 
         folder = Path(folder)
-        missing = [name for name in FILES if not (folder / name).is_file()]
+        model = "br"
+        if (folder / SETTINGS_FILE).is_file():
+            model = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))["settings"].get("model", "br")
+        missing = [name for name in files(model) if not (folder / name).is_file()]
         if missing:
             raise ValueError(
                 f"{folder} is not a whole lexical channel: {', '.join(missing)} missing. Train it again "
@@ -136,7 +157,7 @@ class LexicalRanker:
         vocabulary = {term: index for index, term in enumerate(record["vocabulary"])}
         vectorizer = _vectorizer(settings["ngrams"], settings["min_df"], vocabulary)
         vectorizer.idf_ = load_file(str(folder / IDF_FILE))["idf"]
-        classifiers = BR(str(folder), loss="l2", liblinear_c=settings["c"], threads=0)
+        classifiers = _classifiers(model, folder, settings["c"])
         classifiers.load()
         return cls(folder, vectorizer, classifiers, labels)
 
@@ -186,17 +207,22 @@ def model_lexical_channel(model) -> LexicalRanker | None:
     else:
         from transformers.utils import cached_file
 
-        paths = [cached_file(source, name, subfolder=LEXICAL_FOLDER) for name in FILES]
-        folder = Path(paths[0]).parent
+        settings = Path(cached_file(source, SETTINGS_FILE, subfolder=LEXICAL_FOLDER))
+        model = json.loads(settings.read_text(encoding="utf-8"))["settings"].get("model", "br")
+        for name in files(model):
+            cached_file(source, name, subfolder=LEXICAL_FOLDER)
+        folder = settings.parent
     labels = [config.id2label[index] for index in range(config.num_labels)]
     return LexicalRanker.load(folder, labels)
 
 
 __all__ = [
+    "CLASSIFIER_FILES",
     "FUSED_TOP_K",
     "LEXICAL_FOLDER",
     "LEXICAL_WEIGHTS",
     "LexicalRanker",
+    "files",
     "fuse",
     "model_lexical_channel",
     "tune_lexical_weight",

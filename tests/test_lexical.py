@@ -14,7 +14,7 @@ from transformers import pipeline
 from plant_hf.data import read_predictions
 from plant_hf.data.synthetic import write_synthetic_corpus
 from plant_hf.hub import push_to_hub
-from plant_hf.lexical import FILES, LEXICAL_WEIGHTS, LexicalRanker, fuse, tune_lexical_weight
+from plant_hf.lexical import LEXICAL_WEIGHTS, LexicalRanker, files, fuse, tune_lexical_weight
 from plant_hf.metrics import TopKPredictions
 from plant_hf.recipe import PlantArguments, fit
 from plant_hf.training.trainer import PlantTrainingArguments
@@ -42,14 +42,15 @@ def channel_options() -> dict:
     return {"ngrams": 2, "min_df": 2, "c": 10.0}
 
 
-def test_the_channel_learns_each_labels_words_and_reloads_identically(tmp_path):
+@pytest.mark.parametrize("model", ["br", "plt"])
+def test_the_channel_learns_each_labels_words_and_reloads_identically(tmp_path, model):
     texts, label_ids = cue_corpus(120)
-    channel = LexicalRanker.fit(texts, label_ids, LABELS, tmp_path / "lexical", **channel_options())
+    channel = LexicalRanker.fit(texts, label_ids, LABELS, tmp_path / "lexical", **channel_options(), model=model)
     queries = ["noise3 cue4a noise7 noise9", "cue1b noise2 cue5a noise11"]
     top = channel.top_k(queries, 2)
     assert top.indices[0, 0] == 4 and set(top.indices[1].tolist()) == {1, 5}
     assert np.all((top.scores > 0) & (top.scores <= 1))
-    assert sorted(path.name for path in (tmp_path / "lexical").iterdir()) == sorted(FILES)  # no pickle
+    assert sorted(path.name for path in (tmp_path / "lexical").iterdir()) == sorted(files(model))  # no pickle
     again = LexicalRanker.load(tmp_path / "lexical", LABELS).top_k(queries, 2)
     np.testing.assert_array_equal(again.indices, top.indices)
     np.testing.assert_allclose(again.scores, top.scores)
@@ -119,7 +120,7 @@ def test_fit_tunes_the_channels_weight_on_dev_and_saves_it_with_the_model(run):
     assert dev[weight] > dev[0.0]  # the channel helps the barely trained model on dev
     config = json.loads((root / "run" / "model" / "config.json").read_text())
     assert config["lexical_weight"] == weight
-    assert sorted(path.name for path in (root / "run" / "model" / "lexical").iterdir()) == sorted(FILES)
+    assert sorted(path.name for path in (root / "run" / "model" / "lexical").iterdir()) == sorted(files("br"))
 
 
 def test_the_pipeline_fuses_as_the_recipe_scored_the_test_split(run):
@@ -158,7 +159,7 @@ def test_the_card_tells_the_channel_and_a_push_sends_it_with_the_model(run, tmp_
     shutil.copytree(root / "run" / "model", folder)
     api = FakeHfApi()
     push_to_hub(folder, "org/plant", api=api)
-    assert {f"lexical/{name}" for name in FILES} <= set(api.commits[0]["files"])
+    assert {f"lexical/{name}" for name in files("br")} <= set(api.commits[0]["files"])
 
 
 def test_predict_fuses_the_channel_unless_told_not_to(run, tmp_path):

@@ -3,7 +3,7 @@ trained beside the neural model (its weight in the fused probabilities is tuned 
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from ..lexical import LEXICAL_FOLDER, SETTINGS_FILE, LexicalRanker
 from .data import RunContext
@@ -25,6 +25,15 @@ class LexicalArguments:
             "squared hinge) and fuse its probabilities with the model's, (1 - w) model + w lexical, w tuned on dev "
             "(0 where it does not help); saved in the model folder's lexical/ and used by the xmc-classification "
             "pipeline, predict and explain. --lexical false: the model alone."
+        },
+    )
+    lexical_model: Literal["br", "plt"] = field(
+        default="br",
+        metadata={
+            "help": "br: a classifier per label over every training document (best on rare labels; its training "
+            "grows with labels x documents); plt: a probabilistic label tree, 16 children a node, whose classifiers "
+            "see only their node's documents (a few times faster at thousands of labels, logarithmic in the labels "
+            "at millions; weaker on labels seen a handful of times)."
         },
     )
     lexical_ngrams: int = field(default=2, metadata={"help": "Longest word n-gram of the lexical features."})
@@ -85,6 +94,7 @@ def train_channel(context: RunContext, splits: tuple[str, ...], folder: Path) ->
             ngrams=args.lexical_ngrams,
             min_df=args.lexical_min_df,
             c=args.lexical_c,
+            model=args.lexical_model,
         )
     from accelerate import PartialState
 
