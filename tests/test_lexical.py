@@ -96,20 +96,23 @@ def test_the_weight_is_the_one_that_scores_best_on_held_out_documents():
     assert weight == 0.0  # equal scores up to 0.5: the least weight
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A run whose model has barely trained (learning rate 1e-6) beside a lexical channel that reads the labels'
-    evidence words: the dev split must give the channel weight."""
-    root = tmp_path_factory.mktemp("lexical")
-    write_synthetic_corpus(root / "corpus", {"train": 200, "dev": 40, "test": 30}, num_labels=6, length=(20, 40))
+def weak_model_run(root, sizes: dict[str, int]) -> dict:
+    """fit on a synthetic corpus of these split sizes with a model that barely trains (learning rate 1e-6) beside a
+    lexical channel that reads the labels' evidence words: the dev split must give the channel weight."""
+    write_synthetic_corpus(root / "corpus", sizes, num_labels=6, length=(20, 40))
     save_backbone(root / "bert")
-    report = fit(
+    return fit(
         PlantArguments(data=str(root / "corpus"), backbone=str(root / "bert"), chunk_size=32, max_chunks=2,
                        planting="none", label_init="random", context_gate=False),
         PlantTrainingArguments(output_dir=str(root / "run"), num_train_epochs=1, learning_rate=1e-6,
                                per_device_train_batch_size=8, use_cpu=True, disable_tqdm=True, seed=0),
     )  # fmt: skip
-    return root, report
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lexical")
+    return root, weak_model_run(root, {"train": 200, "dev": 40, "test": 30})
 
 
 def test_fit_tunes_the_channels_weight_on_dev_and_saves_it_with_the_model(run):
@@ -185,14 +188,7 @@ def test_predict_fuses_the_channel_unless_told_not_to(run, tmp_path):
 def test_documents_held_out_for_selection_return_to_the_saved_channel(tmp_path):
     """Without a dev split, fit holds out 5% of the training split to choose the weight and thresholds; the saved
     channel then learns from those documents too, and the test report scores that channel."""
-    write_synthetic_corpus(tmp_path / "corpus", {"train": 400, "test": 30}, num_labels=6, length=(20, 40))
-    save_backbone(tmp_path / "bert")
-    report = fit(
-        PlantArguments(data=str(tmp_path / "corpus"), backbone=str(tmp_path / "bert"), chunk_size=32, max_chunks=2,
-                       planting="none", label_init="random", context_gate=False),
-        PlantTrainingArguments(output_dir=str(tmp_path / "run"), num_train_epochs=1, learning_rate=1e-6,
-                               per_device_train_batch_size=8, use_cpu=True, disable_tqdm=True, seed=0),
-    )  # fmt: skip
+    report = weak_model_run(tmp_path, {"train": 400, "test": 30})
     assert report["lexical"]["weight"] > 0 and report["lexical"]["trained on"] == "train and held-out dev"
     read = {
         place: json.loads((tmp_path / "run" / place / "lexical.json").read_text())
