@@ -204,6 +204,13 @@ def model_lexical_channel(model) -> LexicalRanker | None:
     local = Path(source) / LEXICAL_FOLDER
     if local.is_dir():
         folder = local
+    elif Path(source).is_dir():
+        raise ValueError(
+            f"{source}: its config gives the lexical channel weight {config.lexical_weight:g}, and the folder has "
+            f"no {LEXICAL_FOLDER}/ (save_pretrained writes the model alone): copy {LEXICAL_FOLDER}/ from the model "
+            "folder plant-hf fit wrote, or score with the model alone (lexical=False, plant-hf predict --lexical "
+            "false)."
+        )
     else:
         from transformers.utils import cached_file
 

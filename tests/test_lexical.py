@@ -203,3 +203,13 @@ def test_documents_held_out_for_selection_return_to_the_saved_channel(tmp_path):
     fused = classify(document["text"], top_k=3)
     assert saved.id == document["id"] and saved.labels[:3] == [entry["label"] for entry in fused]
     assert saved.scores[:3] == pytest.approx([entry["score"] for entry in fused], abs=1e-5)
+
+
+def test_a_model_folder_without_its_channel_says_how_to_score(run, tmp_path):
+    root, _ = run
+    folder = tmp_path / "copy"
+    shutil.copytree(root / "run" / "model", folder, ignore=shutil.ignore_patterns("lexical"))
+    classify = pipeline("xmc-classification", model=str(folder))
+    with pytest.raises(ValueError, match=r"has no lexical/ .* or score with the model alone \(lexical=False"):
+        classify("some text", top_k=2)
+    assert len(classify("some text", top_k=2, lexical=False)) == 2
