@@ -43,33 +43,6 @@ STAGE_OUTPUTS = {
     "lexical": ("lexical",),
     "evaluation": ("eval",),
 }
-# Options that do not change what a run computes: they may differ when a run is continued.
-_VOLATILE = {
-    "resume",
-    "cache_dir",
-    "encode_batch_size",
-    "trust_remote_code",
-    "output_dir",
-    "logging_dir",
-    "logging_steps",
-    "logging_strategy",
-    "logging_first_step",
-    "disable_tqdm",
-    "dataloader_pin_memory",
-    "report_to",
-    "run_name",
-    "save_total_limit",
-    "per_device_eval_batch_size",
-    "eval_accumulation_steps",
-    "dataloader_num_workers",
-    "local_rank",
-    "resume_from_checkpoint",
-    "hub_token",
-    "push_to_hub",
-    "hub_model_id",
-    "log_level",
-    "log_level_replica",
-}
 
 
 # The Hub id of the checkpoint that the `demo` extra carries offline (what a model trained on it names as its base).
@@ -101,6 +74,8 @@ class DataArguments:
         "max_chunks": 1,
         "encode_batch_size": 1,
     }
+    # Options that do not change what a run computes: they may differ when a run is continued.
+    volatile: ClassVar[tuple[str, ...]] = ("resume", "cache_dir", "encode_batch_size", "trust_remote_code")
 
     data: str = field(
         default=SYNTHETIC_DATA,
@@ -345,19 +320,28 @@ def option_stages(args: Any) -> dict[str, str]:
     return stages
 
 
+def volatile_options(args: Any) -> set[str]:
+    """The options, of the recipe's stages and of Trainer, that do not change what a run computes (each dataclass's
+    `volatile`)."""
+    kinds = (*type(args).__mro__, *PlantTrainingArguments.__mro__)
+    return {name for kind in kinds for name in vars(kind).get("volatile", ())}
+
+
 def run_config(args: Any, training: PlantTrainingArguments) -> dict[str, Any]:
     """The options that decide what a run computes, as recorded in its folder (a local corpus by its absolute path:
     the same folder named from elsewhere is the same corpus)."""
     values = {**dataclasses.asdict(args), **training.to_dict()}
     if args.data != SYNTHETIC_DATA and Path(args.data).exists():
         values["data"] = str(Path(args.data).resolve())
-    return {key: value for key, value in sorted(values.items()) if key not in _VOLATILE}
+    volatile = volatile_options(args)
+    return {key: value for key, value in sorted(values.items()) if key not in volatile}
 
 
 def default_settings(args: Any) -> dict[str, Any]:
     """What `run_config` records for a run with every option at its default (JSON values)."""
     fields = [*dataclasses.fields(type(args)), *dataclasses.fields(PlantTrainingArguments)]
-    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING and f.name not in _VOLATILE}
+    volatile = volatile_options(args)
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING and f.name not in volatile}
     return json.loads(json.dumps(defaults, default=str))
 
 

@@ -66,6 +66,30 @@ class PlantTrainingArguments(TrainingArguments):
     """
 
     _argument_group_name: ClassVar[str] = "Fine-tuning: Trainer"
+    # Trainer's options that do not change what a run computes (logging, saving, devices, the Hub): a run folder may
+    # be continued with other values of them.
+    volatile: ClassVar[tuple[str, ...]] = (
+        "output_dir",
+        "logging_dir",
+        "logging_steps",
+        "logging_strategy",
+        "logging_first_step",
+        "disable_tqdm",
+        "dataloader_pin_memory",
+        "report_to",
+        "run_name",
+        "save_total_limit",
+        "per_device_eval_batch_size",
+        "eval_accumulation_steps",
+        "dataloader_num_workers",
+        "local_rank",
+        "resume_from_checkpoint",
+        "hub_token",
+        "push_to_hub",
+        "hub_model_id",
+        "log_level",
+        "log_level_replica",
+    )
 
     output_dir: str | None = field(default="plant-run", metadata={"help": "The run's folder: every stage's output."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate of the head."})
