@@ -70,7 +70,7 @@ def _vectorizer(ngrams: int, min_df: int, vocabulary: dict[str, int] | None = No
 
 
 class LexicalRanker:
-    """TF-IDF features of whole documents and one linear classifier per label over them.
+    """TF-IDF features of whole documents and linear classifiers of the labels over them (one per label, or a tree).
 
     Build one with [`LexicalRanker.fit`] (it writes its folder) or load one with [`LexicalRanker.load`].
     """
