@@ -13,6 +13,7 @@ format (never pickle).
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +70,17 @@ def _vectorizer(ngrams: int, min_df: int, vocabulary: dict[str, int] | None = No
     )
 
 
+@dataclass
 class LexicalRanker:
     """TF-IDF features of whole documents and linear classifiers of the labels over them (one per label, or a tree).
 
     Build one with [`LexicalRanker.fit`] (it writes its folder) or load one with [`LexicalRanker.load`].
     """
 
-    def __init__(self, folder: Path, vectorizer, classifiers, labels: list[str]):
-        self.folder = folder
-        self.vectorizer = vectorizer
-        self.classifiers = classifiers
-        self.labels = labels
+    folder: Path
+    vectorizer: Any  # scikit-learn's TfidfVectorizer
+    classifiers: Any  # napkinxc's BR or PLT, loaded
+    labels: list[str]
 
     @property
     def num_labels(self) -> int:
