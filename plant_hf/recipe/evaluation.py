@@ -61,7 +61,8 @@ def evaluate_stage(context: RunContext, model_folder: Path, lexical: LexicalRank
         return json.loads(report_path.read_text())
     model = PlantForMultiLabelClassification.from_pretrained(model_folder, dtype=context.args.dtype).eval()
     dev_weights = _tune_on_dev(context, model, model_folder, lexical)
-    if lexical is not None and model.config.lexical_weight and returns_held_out(context):
+    held_out_returned = lexical is not None and bool(model.config.lexical_weight) and returns_held_out(context)
+    if held_out_returned:
         lexical = _with_held_out(context, model_folder)
     threshold = np.asarray(model.config.label_thresholds) if context.args.tune_thresholds else None
     predictions = split_predictions(context, model, "test", lexical)
@@ -78,13 +79,8 @@ def evaluate_stage(context: RunContext, model_folder: Path, lexical: LexicalRank
         fixed = threshold_metrics(as_truth_matrix(truth, len(context.vocabulary)), predictions, context.args.threshold)
         report["fixed_threshold"] = {"threshold": context.args.threshold, **fixed}
     if lexical is not None:
-        report["lexical"] = {
-            "weight": model.config.lexical_weight,
-            "dev": dev_weights,
-            "trained on": "train and held-out dev"
-            if model.config.lexical_weight and returns_held_out(context)
-            else "train",
-        }
+        trained_on = "train and held-out dev" if held_out_returned else "train"
+        report["lexical"] = {"weight": model.config.lexical_weight, "dev": dev_weights, "trained on": trained_on}
     report["meta"] = {
         "split": "test",
         "notes": context.notes,
