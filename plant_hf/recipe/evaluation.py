@@ -160,20 +160,11 @@ def _selection(context: RunContext):
 
 
 def _with_held_out(context: RunContext, model_folder: Path) -> LexicalRanker:
-    """The saved channel trained again on the training and the held-out dev documents (its weight and the
-    thresholds already chosen with the channel of the training documents alone)."""
-    partial = context.folder / f"{LEXICAL_FOLDER}-with-held-out"
-    shutil.rmtree(partial, ignore_errors=True)
-    channel = train_channel(context, ("train", "dev"), partial)
+    """The saved channel trained again, in its place, on the training and the held-out dev documents (its weight and
+    the thresholds already chosen with the channel of the training documents alone)."""
     if context.is_main:
         logger.info(f"lexical channel: trained again with the {len(context.splits['dev'])} held-out documents")
-        with atomic_path(model_folder / LEXICAL_FOLDER) as target:
-            shutil.copytree(partial, target)
-        shutil.rmtree(partial)
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()
-    return LexicalRanker.load(model_folder / LEXICAL_FOLDER, channel.labels)
+    return train_channel(context, ("train", "dev"), model_folder / LEXICAL_FOLDER, again=True)
 
 
 def _place_lexical(lexical: LexicalRanker | None, model_folder: Path, weight: float) -> None:

@@ -75,11 +75,11 @@ def returns_held_out(context: RunContext) -> bool:
     return context.args.lexical_with_held_out and held_out and context.args.train_fraction == 1.0
 
 
-def train_channel(context: RunContext, splits: tuple[str, ...], folder: Path) -> LexicalRanker:
-    """The channel trained on the documents of `splits` (the model's labels only) into `folder`, by the main
-    process unless it is already there."""
+def train_channel(context: RunContext, splits: tuple[str, ...], folder: Path, again: bool = False) -> LexicalRanker:
+    """The channel trained on the documents of `splits` (the model's labels only) into `folder` by the main process,
+    unless it is already there (`again`: in its place), then loaded by every process."""
     args, vocabulary = context.args, context.vocabulary
-    if context.is_main and not folder.exists():
+    if context.is_main and (again or not folder.exists()):
         texts = [text for split in splits for text in context.splits[split]["text"]]
         label_ids = [
             [vocabulary.label2id[label] for label in row if label in vocabulary.label2id]
