@@ -18,7 +18,7 @@ from pathlib import Path
 import quality
 
 from plant_hf import PlantForMultiLabelClassification
-from plant_hf.lexical import FUSED_TOP_K, LEXICAL_FOLDER, LEXICAL_WEIGHTS, LexicalRanker, fuse
+from plant_hf.lexical import LEXICAL_FOLDER, LEXICAL_WEIGHTS, LexicalRanker, fuse
 from plant_hf.metrics import evaluate_predictions
 from plant_hf.recipe import prepare_run, split_predictions
 from plant_hf.training.evaluation import flatten_report
@@ -47,7 +47,7 @@ def curves(data: str, work: Path, folder: Path, seed: int, budget: quality.Budge
     vocabulary, result = context.vocabulary, {}
     for split in ("dev", "test"):
         neural = split_predictions(context, model, split)
-        lexical = channel.top_k(context.splits[split]["text"], FUSED_TOP_K)
+        lexical = channel.top_k(context.splits[split]["text"])
         truth, _ = vocabulary.evaluation_targets(context.splits[split]["labels"])
         result[split] = {
             float(weight): flatten_report(

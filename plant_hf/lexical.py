@@ -49,6 +49,11 @@ def files(model: str) -> tuple[str, ...]:
     return (SETTINGS_FILE, IDF_FILE, *CLASSIFIER_FILES[model])
 
 
+def _kind(settings: dict[str, Any]) -> str:
+    """The kind of classifiers a saved channel's settings name (channels saved before there was a choice: br)."""
+    return settings.get("model", "br")
+
+
 def _classifiers(model: str, folder: Path, c: float):
     """napkinxc's model of that kind, writing to or reading from `folder`."""
     from napkinxc.models import BR, PLT
@@ -139,16 +144,15 @@ class LexicalRanker:
         from safetensors.numpy import load_file
 
         folder = Path(folder)
-        model = "br"
-        if (folder / SETTINGS_FILE).is_file():
-            model = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))["settings"].get("model", "br")
-        missing = [name for name in files(model) if not (folder / name).is_file()]
+        settings_path = folder / SETTINGS_FILE
+        record = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else None
+        kind = _kind(record["settings"]) if record else "br"
+        missing = [name for name in files(kind) if not (folder / name).is_file()]
         if missing:
             raise ValueError(
                 f"{folder} is not a whole lexical channel: {', '.join(missing)} missing. Train it again "
                 "(plant-hf fit on the run folder) or set the model's lexical_weight to 0."
             )
-        record = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
         if record["num_labels"] != len(labels) or record["labels_fingerprint"] != labels_fingerprint(labels):
             raise ValueError(
                 f"The lexical channel in {folder} was trained for {record['num_labels']} other labels than the "
@@ -158,12 +162,12 @@ class LexicalRanker:
         vocabulary = {term: index for index, term in enumerate(record["vocabulary"])}
         vectorizer = _vectorizer(settings["ngrams"], settings["min_df"], vocabulary)
         vectorizer.idf_ = load_file(str(folder / IDF_FILE))["idf"]
-        classifiers = _classifiers(model, folder, settings["c"])
+        classifiers = _classifiers(kind, folder, settings["c"])
         classifiers.load()
         return cls(folder, vectorizer, classifiers, labels)
 
-    def top_k(self, texts: list[str], k: int) -> TopKPredictions:
-        """Each text's `k` most probable labels by the lexical channel alone."""
+    def top_k(self, texts: list[str], k: int = FUSED_TOP_K) -> TopKPredictions:
+        """Each text's `k` most probable labels by the lexical channel alone (by default, as many as are fused)."""
         rows = self.classifiers.predict_proba(self.vectorizer.transform(texts), top_k=k)
         indices = np.full((len(texts), k), -1, dtype=np.int64)
         scores = np.full((len(texts), k), -np.inf)
@@ -216,8 +220,7 @@ def model_lexical_channel(model) -> LexicalRanker | None:
         from transformers.utils import cached_file
 
         settings = Path(cached_file(source, SETTINGS_FILE, subfolder=LEXICAL_FOLDER))
-        model = json.loads(settings.read_text(encoding="utf-8"))["settings"].get("model", "br")
-        for name in files(model):
+        for name in files(_kind(json.loads(settings.read_text(encoding="utf-8"))["settings"])):
             cached_file(source, name, subfolder=LEXICAL_FOLDER)
         folder = settings.parent
     labels = [config.id2label[index] for index in range(config.num_labels)]

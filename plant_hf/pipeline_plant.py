@@ -121,11 +121,11 @@ class PlantClassificationPipeline(Pipeline):
         channel = self.lexical_channel() if lexical else None
         extra = {}
         if channel is not None:
-            # The whole text, however much of it the model reads; labels outside the channel's top-k add 0.
-            top = channel.top_k([text], importlib.import_module("plant_hf.lexical").FUSED_TOP_K)
-            valid = top.indices >= 0
+            # The whole text, however much of it the model reads; labels outside the channel's top-k add 0 (padding
+            # entries, index -1, become label 0 with score 0).
+            top = channel.top_k([text])
             extra["lexical_indices"] = torch.from_numpy(top.indices.clip(min=0))
-            extra["lexical_scores"] = torch.from_numpy(top.scores.clip(min=0.0) * valid)
+            extra["lexical_scores"] = torch.from_numpy(top.scores.clip(min=0.0))
         return {
             "input_ids": torch.tensor([[ids[position] for position in read]]),
             "attention_mask": torch.ones(1, len(read), dtype=torch.long),

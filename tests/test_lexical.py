@@ -196,7 +196,6 @@ def test_documents_held_out_for_selection_return_to_the_saved_channel(tmp_path):
     }
     assert read["lexical"]["labels_fingerprint"] == read["model/lexical"]["labels_fingerprint"]
     assert len(read["model/lexical"]["vocabulary"]) > len(read["lexical"]["vocabulary"])  # 380 documents, then 400
-    assert not list((tmp_path / "run").glob("lexical-with-held-out*"))
     classify = pipeline("xmc-classification", model=str(tmp_path / "run" / "model"))
     document = json.loads((tmp_path / "corpus" / "test.jsonl").read_text().splitlines()[0])
     saved = read_predictions(tmp_path / "run" / "eval" / "test_predictions.jsonl")[0]

@@ -14,7 +14,7 @@ from transformers.utils import logging
 
 from ..data import write_predictions
 from ..files import atomic_path
-from ..lexical import FUSED_TOP_K, LEXICAL_FOLDER, LexicalRanker, fuse, tune_lexical_weight
+from ..lexical import LEXICAL_FOLDER, LexicalRanker, fuse, tune_lexical_weight
 from ..metrics import TopKPredictions, as_truth_matrix, evaluate_predictions, threshold_metrics, tune_label_thresholds
 from ..modeling_plant import PlantForMultiLabelClassification
 from ..training.evaluation import flatten_report, plot_frequency_buckets, top_k_logits, write_report
@@ -60,10 +60,9 @@ def evaluate_stage(context: RunContext, model_folder: Path, lexical: LexicalRank
     if report_path.exists():
         return json.loads(report_path.read_text())
     model = PlantForMultiLabelClassification.from_pretrained(model_folder, dtype=context.args.dtype).eval()
-    dev_weights = _tune_on_dev(context, model, model_folder, lexical)
+    dev_weights = _tune_on_dev(context, model, lexical)
     held_out_returned = lexical is not None and bool(model.config.lexical_weight) and returns_held_out(context)
-    if held_out_returned:
-        lexical = _with_held_out(context, model_folder)
+    lexical = _save_tuned(context, model, model_folder, lexical, held_out_returned)
     threshold = np.asarray(model.config.label_thresholds) if context.args.tune_thresholds else None
     predictions = split_predictions(context, model, "test", lexical)
     test = context.splits["test"]
@@ -119,32 +118,28 @@ def split_predictions(
     weight = model.config.lexical_weight
     if lexical is None or not weight:
         return neural
-    return fuse(neural, lexical.top_k(context.splits[split]["text"], FUSED_TOP_K), weight)
+    return fuse(neural, lexical.top_k(context.splits[split]["text"]), weight)
 
 
 def _tune_on_dev(
-    context: RunContext, model: PlantForMultiLabelClassification, model_folder: Path, lexical: LexicalRanker | None
+    context: RunContext, model: PlantForMultiLabelClassification, lexical: LexicalRanker | None
 ) -> dict[float, float] | None:
-    """The lexical channel's weight (by the dev selection metric) and then the per-label thresholds (on the fused
-    dev predictions), set in the model's config and saved with it, the channel copied into the model folder when
-    its weight is above 0. Returns each lexical weight's dev score (None without the channel)."""
+    """The lexical channel's weight (by `--lexical_weight_metric`) and then the per-label thresholds (on the fused
+    dev predictions), set in the model's config. Returns each lexical weight's dev score (None without the
+    channel)."""
     args = context.args
     truth, _ = context.vocabulary.evaluation_targets(context.splits["dev"]["labels"])
     neural = split_predictions(context, model, "dev") if lexical is not None or args.tune_thresholds else None
     scores = None
     model.config.lexical_weight = 0.0
     if lexical is not None:
-        dev_lexical = lexical.top_k(context.splits["dev"]["text"], FUSED_TOP_K)
+        dev_lexical = lexical.top_k(context.splits["dev"]["text"])
         model.config.lexical_weight, scores = tune_lexical_weight(truth, neural, dev_lexical, _selection(context))
         if context.is_main:
             logger.info(f"lexical channel: weight {model.config.lexical_weight:g} (tuned on dev)")
     if args.tune_thresholds:
         fused = split_predictions(context, model, "dev", lexical, neural=neural)
         model.config.label_thresholds = tune_label_thresholds(truth, fused).tolist()
-    if context.is_main:
-        _place_lexical(lexical, model_folder, model.config.lexical_weight)
-        with atomic_path(model_folder / "config.json") as partial:
-            model.config.to_json_file(partial)
     return scores
 
 
@@ -159,22 +154,30 @@ def _selection(context: RunContext):
     return metric
 
 
-def _with_held_out(context: RunContext, model_folder: Path) -> LexicalRanker:
-    """The saved channel trained again, in its place, on the training and the held-out dev documents (its weight and
-    the thresholds already chosen with the channel of the training documents alone)."""
-    if context.is_main:
-        logger.info(f"lexical channel: trained again with the {len(context.splits['dev'])} held-out documents")
-    return train_channel(context, ("train", "dev"), model_folder / LEXICAL_FOLDER, again=True)
-
-
-def _place_lexical(lexical: LexicalRanker | None, model_folder: Path, weight: float) -> None:
-    """The channel in the model folder where it has a weight; none there otherwise."""
+def _save_tuned(
+    context: RunContext,
+    model: PlantForMultiLabelClassification,
+    model_folder: Path,
+    lexical: LexicalRanker | None,
+    held_out_returned: bool,
+) -> LexicalRanker | None:
+    """Save what was tuned on dev with the model: the channel its config weighs in the model folder (the run's, or
+    trained again there with the held-out documents; none where its weight is 0), then the config. Returns the
+    channel the model now carries."""
     target = model_folder / LEXICAL_FOLDER
-    if lexical is None or not weight:
+    if held_out_returned:
+        if context.is_main:
+            logger.info(f"lexical channel: trained again with the {len(context.splits['dev'])} held-out documents")
+        lexical = train_channel(context, ("train", "dev"), target, again=True)
+    elif context.is_main and (lexical is None or not model.config.lexical_weight):
         shutil.rmtree(target, ignore_errors=True)
-        return
-    with atomic_path(target) as partial:
-        shutil.copytree(lexical.folder, partial)
+    elif context.is_main:
+        with atomic_path(target) as partial:
+            shutil.copytree(lexical.folder, partial)
+    if context.is_main:
+        with atomic_path(model_folder / "config.json") as partial:
+            model.config.to_json_file(partial)
+    return lexical
 
 
 def predict_top_k(model, documents, collator, k: int, arguments: TrainingArguments) -> TopKPredictions:
