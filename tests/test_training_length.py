@@ -126,7 +126,8 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_does(corpus, tmp_path):
     plant.resume = True
     resumed = fit(plant, training)
     again = json.loads((cut / "model" / "plant_training.json").read_text())["stages"]["fine-tuning"]
-    assert again.pop("seconds") > 0 and again == {k: v for k, v in stages["fine-tuning"].items() if k != "seconds"}
+    # Only the resumed part is timed; on a fast machine that one epoch can round to 0.0 s.
+    assert again.pop("seconds") >= 0 and again == {k: v for k, v in stages["fine-tuning"].items() if k != "seconds"}
     assert (resumed["P@5"], resumed["PSP@5"]) == (report["P@5"], report["PSP@5"])
     torch.testing.assert_close(
         load_file(str(cut / "model" / "model.safetensors")), load_file(str(whole / "model" / "model.safetensors"))
