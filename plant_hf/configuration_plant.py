@@ -74,6 +74,20 @@ class PlantConfig(PreTrainedConfig):
             the whole text, `plant_hf.lexical`) in the probabilities that the `xmc-classification` pipeline returns:
             `(1 - w) p_model + w p_lexical`. `plant-hf fit` tunes it on the dev split. 0: the model alone (also what
             `text-classification` returns, which reads the model only).
+        memory_size (`int`, *optional*, defaults to 0):
+            Entries of the retrieval memory: training documents (and label descriptions), each a key (its mean token
+            state, L2-normalised) with a label set. `plant-hf fit` fills it. 0: no memory.
+        memory_labels (`int`, *optional*, defaults to 0):
+            The labels of all memory entries together (the length of the memory's flat label list).
+        memory_top_k (`int`, *optional*, defaults to 32):
+            Entries retrieved per document: its nearest keys by cosine similarity.
+        memory_temperature (`float`, *optional*, defaults to 0.05):
+            Temperature of the softmax over the retrieved entries' similarities; each label's memory score is the
+            weight of the retrieved entries that carry it.
+        memory_weight (`float`, *optional*, defaults to 0.0):
+            Weight `m` of the memory in the model's probabilities, `sigmoid(logits) = (1 - m) p_head + m p_memory`
+            (the logits returned are those of the mixture). `plant-hf fit` tunes it on the dev split. 0: the head
+            alone.
 
     Example:
 
@@ -108,6 +122,11 @@ class PlantConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     label_thresholds: list[float] | None = None
     lexical_weight: float = 0.0
+    memory_size: int = 0
+    memory_labels: int = 0
+    memory_top_k: int = 32
+    memory_temperature: float = 0.05
+    memory_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
         num_labels = kwargs.get("num_labels")
@@ -166,8 +185,15 @@ class PlantConfig(PreTrainedConfig):
                 f"`label_thresholds` holds {len(self.label_thresholds)} thresholds for {self.num_labels} labels; "
                 "give one per label, or None."
             )
-        if not 0.0 <= self.lexical_weight <= 1.0:
-            raise ValueError(f"`lexical_weight` must be in [0, 1], got {self.lexical_weight}.")
+        for name in ("lexical_weight", "memory_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}.")
+        if min(self.memory_size, self.memory_labels) < 0 or self.memory_top_k < 1 or self.memory_temperature <= 0:
+            raise ValueError(
+                "The memory's sizes must be at least 0, its memory_top_k at least 1 and its memory_temperature "
+                f"above 0; got {self.memory_size}, {self.memory_labels}, {self.memory_top_k}, "
+                f"{self.memory_temperature}."
+            )
         if {int(index): label for label, index in self.label2id.items()} != self.id2label:
             raise ValueError("label2id must be the inverse of id2label; pass only id2label to derive it.")
         if self.problem_type != "multi_label_classification":

@@ -7,6 +7,7 @@ The `L x d` matrix of per-label contexts is never formed: `H_t . w_l` for all to
 """
 
 import inspect
+import os
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -582,6 +583,132 @@ def _attention_map(
     return weights / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(1)
 
 
+def mean_token_states(summed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Documents' mean token states, L2-normalised (fp32), from the sums of their real tokens' states and the
+    counts of those tokens; a document without a real token gets zeros."""
+    return F.normalize(summed.float() / counts.float().clamp_min(1.0).unsqueeze(-1), dim=-1)
+
+
+def masked_state_sums(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sum of each document's real token states, `(batch, hidden)` in fp32, and the count of those tokens."""
+    mask = attention_mask.bool()
+    summed = torch.einsum("bth,bt->bh", hidden_states.float(), mask.float())
+    return summed, mask.sum(dim=1)
+
+
+class PlantDocumentMemory(nn.Module):
+    """
+    A retrieval memory: entries (training documents, label descriptions), each a key (a mean token state,
+    L2-normalised) with a set of labels. A document's memory score for a label is the softmax weight, over the
+    `top_k` keys most similar to the document's own mean state, of the retrieved entries that carry the label: a
+    label seen once is scored as soon as its one document is among the nearest, without a trained parameter.
+
+    Entry `e`'s labels are `labels[offsets[e]:offsets[e + 1]]`. A model saves its memory beside its weights, in
+    `memory.safetensors`, and `from_pretrained` loads it from there.
+    """
+
+    def __init__(
+        self, hidden_size: int, num_labels: int, size: int, num_entry_labels: int, top_k: int, temperature: float
+    ):
+        super().__init__()
+        self.num_labels, self.top_k, self.temperature = num_labels, top_k, temperature
+        # Not in the model's state dict: the memory has its own file (a model is saved without it until it has one).
+        self.register_buffer("keys", torch.zeros(size, hidden_size), persistent=False)
+        self.register_buffer("offsets", torch.zeros(size + 1, dtype=torch.long), persistent=False)
+        self.register_buffer("labels", torch.zeros(num_entry_labels, dtype=torch.long), persistent=False)
+
+    @classmethod
+    def from_entries(
+        cls, keys: torch.Tensor, label_sets: list[list[int]], num_labels: int, top_k: int, temperature: float
+    ) -> "PlantDocumentMemory":
+        """A memory of these entries: `keys` `(entries, hidden)` (normalised here) and each entry's label ids."""
+        if keys.dim() != 2 or keys.shape[0] != len(label_sets):
+            raise ValueError(f"{len(label_sets)} label sets for keys of shape {tuple(keys.shape)}.")
+        flat = [label for labels in label_sets for label in labels]
+        if flat and not 0 <= min(flat) <= max(flat) < num_labels:
+            raise ValueError(f"Memory labels must be label ids in [0, {num_labels}).")
+        memory = cls(keys.shape[1], num_labels, keys.shape[0], len(flat), top_k, temperature)
+        memory.keys = F.normalize(keys.detach().float(), dim=-1).to(keys.dtype)
+        memory.offsets = torch.tensor([0, *torch.tensor([len(s) for s in label_sets]).cumsum(0).tolist()])
+        memory.labels = torch.tensor(flat, dtype=torch.long)
+        return memory
+
+    @classmethod
+    def read(cls, path: str, num_labels: int, top_k: int, temperature: float) -> "PlantDocumentMemory":
+        """The memory saved at `path`, over `num_labels` labels; refused where its parts do not fit together."""
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as saved:
+            keys, offsets, labels = (saved.get_tensor(name) for name in ("keys", "offsets", "labels"))
+        offsets, labels = offsets.long(), labels.long()
+        if keys.dim() != 2 or offsets.shape != (keys.shape[0] + 1,) or int(offsets[-1]) != labels.numel():
+            raise ValueError(f"{path}: its keys, offsets and labels do not describe one memory; write it again.")
+        if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < num_labels:
+            raise ValueError(f"{path}: memory labels outside the model's {num_labels} labels.")
+        memory = cls(keys.shape[1], num_labels, 0, 0, top_k, temperature)
+        memory.keys, memory.offsets, memory.labels = keys, offsets, labels
+        return memory
+
+    @classmethod
+    def load(cls, path: str, config: PlantConfig) -> "PlantDocumentMemory":
+        """The memory saved at `path` for a model of this config; refused where they do not fit."""
+        memory = cls.read(path, config.num_labels, config.memory_top_k, config.memory_temperature)
+        found = (len(memory), memory.keys.shape[1], memory.labels.numel())
+        expected = (config.memory_size, config.text_config.hidden_size, config.memory_labels)
+        if found != expected:
+            raise ValueError(
+                f"{path}: a memory of {found[0]} entries of size {found[1]} with {found[2]} labels, where the "
+                f"model's config expects {expected[0]}, {expected[1]} and {expected[2]}: it belongs to another model."
+            )
+        return memory
+
+    def save(self, path: str) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {"keys": self.keys, "offsets": self.offsets, "labels": self.labels}
+        save_file({name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}, path)
+
+    def joined(self, other: "PlantDocumentMemory") -> "PlantDocumentMemory":
+        """This memory's entries, then `other`'s, with this one's retrieval settings."""
+        joined = PlantDocumentMemory(self.keys.shape[1], self.num_labels, 0, 0, self.top_k, self.temperature)
+        joined.keys = torch.cat([self.keys, other.keys.to(self.keys)])
+        joined.offsets = torch.cat([self.offsets, other.offsets[1:].to(self.offsets) + self.offsets[-1]])
+        joined.labels = torch.cat([self.labels, other.labels.to(self.labels)])
+        return joined
+
+    def __len__(self) -> int:
+        return self.keys.shape[0]
+
+    def retrieve(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The entries nearest to each normalised query, `(batch, k)`, and their softmax weights (fp32)."""
+        similarities = (queries.to(self.keys.dtype) @ self.keys.T).float()
+        top = similarities.topk(min(self.top_k, len(self)), dim=1)
+        return top.indices, torch.softmax(top.values / self.temperature, dim=1)
+
+    def scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """Each label's memory score, `(batch, num_labels)` in [0, 1] (fp32), for normalised `queries`."""
+        scores = queries.new_zeros(queries.shape[0], self.num_labels, dtype=torch.float32)
+        if len(self) == 0:
+            return scores
+        entries, weights = self.retrieve(queries)
+        starts, counts = self.offsets[entries].flatten(), (self.offsets[entries + 1] - self.offsets[entries]).flatten()
+        # Every (document, retrieved entry, label of the entry) triple, flattened.
+        pair = torch.arange(counts.numel(), device=counts.device).repeat_interleave(counts)
+        first = (counts.cumsum(0) - counts).repeat_interleave(counts)
+        position = starts.repeat_interleave(counts) + torch.arange(pair.numel(), device=counts.device) - first
+        rows = torch.div(pair, entries.shape[1], rounding_mode="floor")
+        return scores.index_put_((rows, self.labels[position]), weights.flatten()[pair], accumulate=True)
+
+    def fuse(self, logits: torch.Tensor, queries: torch.Tensor, weight: float) -> torch.Tensor:
+        """The logits of `(1 - weight) sigmoid(logits) + weight * memory scores` (fp32)."""
+        mixture = (1.0 - weight) * torch.sigmoid(logits.float()) + weight * self.scores(queries)
+        tiny = 1e-7  # the mixture's logit stays finite where both sides are 0 or 1
+        return torch.logit(mixture.clamp(tiny, 1.0 - tiny))
+
+
+# The retrieval memory's file in a model folder (beside the weights, not in them).
+MEMORY_FILE = "memory.safetensors"
+
 # Checkpoints saved before the head was named `score` (as PEFT's sequence-classification recipe expects) load as well.
 _EARLIER_HEAD_NAMES = {r"^label_attention\.value\.": "score.value_projection.", r"^label_attention\.": "score."}
 
@@ -608,7 +735,23 @@ class PlantPreTrainedModel(PreTrainedModel):
         # (`use_safetensors=False` opts in).
         kwargs.setdefault("use_safetensors", True)
         kwargs.setdefault("key_mapping", _EARLIER_HEAD_NAMES)
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if getattr(model.config, "memory_size", 0):
+            from transformers.utils import cached_file
+
+            hub = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+            path = cached_file(
+                str(pretrained_model_name_or_path), MEMORY_FILE, **{k: kwargs[k] for k in hub if k in kwargs}
+            )
+            model.set_memory(PlantDocumentMemory.load(path, model.config).to(model.device))
+        return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        super().save_pretrained(save_directory, *args, **kwargs)
+        memory = getattr(self, "memory", None)
+        if memory is not None and kwargs.get("is_main_process", True):
+            memory.save(os.path.join(save_directory, MEMORY_FILE))
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -664,6 +807,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             value_dim=config.label_value_dim,
             context_gate=config.context_gate,
         )
+        self.memory: PlantDocumentMemory | None = None  # from_pretrained loads it from MEMORY_FILE
         self.post_init()
         _register_with_peft()
 
@@ -749,6 +893,40 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         """Backbone states of every token the label attention reads, in chunk layout."""
         return self._flat_states(self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds))
 
+    def set_memory(self, memory: PlantDocumentMemory | None) -> None:
+        """Carry this retrieval memory (None: none), recorded in the config so that the saved model loads with it;
+        `config.memory_weight` says how much of it the probabilities take."""
+        if memory is not None and memory.num_labels != self.config.num_labels:
+            raise ValueError(f"A memory over {memory.num_labels} labels for a model of {self.config.num_labels}.")
+        self.memory = memory
+        self.config.memory_size = 0 if memory is None else len(memory)
+        self.config.memory_labels = 0 if memory is None else memory.labels.numel()
+        if memory is not None:
+            self.config.memory_top_k, self.config.memory_temperature = memory.top_k, memory.temperature
+        else:
+            self.config.memory_weight = 0.0
+
+    @torch.no_grad()
+    def document_embeddings(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        token_states: torch.FloatTensor | None = None,
+    ) -> torch.FloatTensor:
+        """Each document's mean token state over its real tokens (all its chunks), L2-normalised, `(batch,
+        hidden_size)` in fp32: its key in the retrieval memory, and its query to it."""
+        if token_states is not None:
+            return mean_token_states(*masked_state_sums(token_states, self._states_mask(token_states, attention_mask)))
+        chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        summed, counts = 0.0, 0
+        for index in range(chunks.num_chunks):  # one chunk at a time: memory does not grow with the length
+            inputs, mask = chunks.chunk(index)
+            chunk_sum, chunk_count = masked_state_sums(self._run_backbone(inputs, mask), mask)
+            summed, counts = summed + chunk_sum, counts + chunk_count
+        return mean_token_states(summed, counts)
+
     @torch.no_grad()
     def label_attention_maps(
         self,
@@ -800,14 +978,19 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         for name, given in (("token_states", token_states), ("inputs_embeds", inputs_embeds)):
             if given is not None and not bool(torch.isfinite(given).all()):
                 raise ValueError(f"{name} hold NaN or infinite values: the head would turn them into NaN logits.")
-        states = None
+        remember = self.memory is not None and self.config.memory_weight > 0
         if token_states is not None:
-            logits, maps = self._attend_to_states(token_states, attention_mask, input_ids, bool(output_attentions))
-            states = token_states
+            mask = self._states_mask(token_states, attention_mask)
+            logits, maps = self._attend_to_states(token_states, mask, input_ids, bool(output_attentions))
+            states, sums = token_states, masked_state_sums(token_states, mask) if remember else None
         else:
             chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
-            logits, maps, states = self._attend_to_chunks(chunks, bool(output_attentions), bool(output_hidden_states))
+            logits, maps, states, sums = self._attend_to_chunks(
+                chunks, bool(output_attentions), bool(output_hidden_states), remember
+            )
             maps = None if maps is None else chunks.to_input_layout(maps)
+        if remember:
+            logits = self.memory.fuse(logits, mean_token_states(*sums), self.config.memory_weight)
         loss = None
         if labels is not None:
             if tuple(labels.shape) != tuple(logits.shape):
@@ -823,26 +1006,32 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         return PlantOutput(loss=loss, logits=logits, hidden_states=hidden_states, label_attentions=maps)
 
     def _attend_to_chunks(
-        self, chunks: DocumentChunks, keep_maps: bool, keep_states: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Logits, attention maps (`keep_maps`) and the token states read (`keep_states`)."""
+        self, chunks: DocumentChunks, keep_maps: bool, keep_states: bool, keep_sums: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Logits, attention maps (`keep_maps`), the token states read (`keep_states`) and the sums and counts of
+        each document's real token states (`keep_sums`)."""
         batch_size = chunks.attention_mask.shape[0]
         state = self.score.init_state(batch_size, chunks.attention_mask.device, keep_scores=keep_maps)
+        sums = None
         if self.config.streaming:
             kept = []
             for index in range(chunks.num_chunks):
                 inputs, mask = chunks.chunk(index)
                 hidden_states = self._run_backbone(inputs, mask)
                 kept += [hidden_states] if keep_states else []
+                if keep_sums:
+                    chunk_sums = masked_state_sums(hidden_states, mask)
+                    sums = chunk_sums if sums is None else (sums[0] + chunk_sums[0], sums[1] + chunk_sums[1])
                 state = self.score.fold(state, self.dropout(hidden_states), mask, inputs.get("input_ids"))
             read = torch.cat(kept, dim=1) if keep_states else None
         else:
             states = self._flat_states(chunks)
             read = states.hidden_states if keep_states else None
+            sums = masked_state_sums(states.hidden_states, states.attention_mask) if keep_sums else None
             hidden_states = self.dropout(states.hidden_states)
             state = self.score.fold(state, hidden_states, states.attention_mask, states.input_ids)
         logits, maps = self.score.finalize(state)
-        return logits, maps, read
+        return logits, maps, read, sums
 
     def _flat_states(self, chunks: DocumentChunks) -> PlantTokenStates:
         """The backbone run over all chunks at once, its states laid out per document `(batch, tokens, hidden)`."""
@@ -856,21 +1045,26 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             input_ids=None if ids is None else ids.reshape(batch_size, -1),
         )
 
-    def _attend_to_states(
-        self,
-        token_states: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        input_ids: torch.Tensor | None,
-        keep_maps: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    @staticmethod
+    def _states_mask(token_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.BoolTensor:
+        """The mask of given token states: all real where none is given."""
         if attention_mask is None:
-            attention_mask = torch.ones(token_states.shape[:2], dtype=torch.bool, device=token_states.device)
+            return torch.ones(token_states.shape[:2], dtype=torch.bool, device=token_states.device)
         if attention_mask.shape != token_states.shape[:2]:
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(token_states.shape[:2])}."
             )
+        return attention_mask.bool()
+
+    def _attend_to_states(
+        self,
+        token_states: torch.Tensor,
+        attention_mask: torch.BoolTensor,
+        input_ids: torch.Tensor | None,
+        keep_maps: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         state = self.score.init_state(token_states.shape[0], token_states.device, keep_scores=keep_maps)
-        state = self.score.fold(state, self.dropout(token_states), attention_mask.bool(), input_ids)
+        state = self.score.fold(state, self.dropout(token_states), attention_mask, input_ids)
         return self.score.finalize(state)
 
     def _chunk(self, input_ids, attention_mask, token_type_ids, inputs_embeds) -> DocumentChunks:
@@ -977,6 +1171,7 @@ def _forward_parameters(module: nn.Module) -> set[str]:
 
 
 __all__ = [
+    "PlantDocumentMemory",
     "PlantForMultiLabelClassification",
     "PlantLabelAttention",
     "PlantOutput",

@@ -110,8 +110,8 @@ def test_push_sends_the_model_folder_in_one_commit(trained, tmp_path):
     assert card.data.model_name == "plant" and 'AutoModel.from_pretrained("org/plant")' in card.text
     assert api.commits[0]["files"] == [
         "README.md", "config.json", "configuration_plant.py", "eval_report.json", "label_vocabulary.json",
-        "model.safetensors", "modeling_plant.py", "pipeline_plant.py", "plant_training.json", "tokenizer.json",
-        "tokenizer_config.json",
+        "memory.safetensors", "model.safetensors", "modeling_plant.py", "pipeline_plant.py", "plant_training.json",
+        "tokenizer.json", "tokenizer_config.json",
     ]  # fmt: skip
     (folder / "training_args.bin").write_bytes(b"pickle")
     with pytest.raises(ValueError, match=r"pickled weights \['training_args.bin'\]"):
@@ -268,6 +268,8 @@ def test_explanations_name_each_labels_evidence_word(trained):
 
 
 def test_remote_code_pipeline_in_a_process_without_plant_hf(trained, tmp_path):
+    # The model mixes its retrieval memory into its probabilities: the remote copy must load and use it too.
+    assert json.loads((trained / "config.json").read_text())["memory_weight"] > 0
     texts = ["fever cough the patient", "fracture of the femur in a fall"]
     expected = pipeline("xmc-classification", model=str(trained))(texts, top_k=4)
     result = run_without_plant_hf(

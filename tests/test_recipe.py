@@ -126,6 +126,7 @@ def test_lora_fine_tuning_lowers_the_loss_and_reloads_identically(workspace, tmp
     losses = logged_losses(run)
     assert losses[-1] < losses[0]
     merged = PlantForMultiLabelClassification.from_pretrained(run / "model").eval()
+    merged.set_memory(None)  # the adapter is the fine-tuned backbone and head; the memory came after
     base = PlantForMultiLabelClassification.from_backbone(
         str(workspace / family),
         id2label=merged.config.id2label,
@@ -492,7 +493,8 @@ def test_the_console_tells_the_stages_an_epoch_a_line_and_what_to_run_next(works
     shown = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
     transcript = shown.stdout + shown.stderr
     headers = [line for line in transcript.splitlines() if line.startswith("── ")]
-    assert headers == ["── data", "── MIG table", "── ranker", "── fine-tuning", "── lexical channel", "── evaluation"]
+    stages = ["data", "MIG table", "ranker", "fine-tuning", "retrieval memory", "lexical channel", "evaluation"]
+    assert headers == [f"── {stage}" for stage in stages]
     epochs = re.findall(r"^fine-tuning epoch (\d+)/2: dev P@5 \d+\.\d\d", transcript, flags=re.M)
     assert epochs == ["1", "2"] and len(re.findall(r"^ranker epoch \d/2: dev ndcg", transcript, flags=re.M)) == 2
     assert re.search(r"^ranker before training: dev ndcg \d+\.\d\d$", transcript, flags=re.M)

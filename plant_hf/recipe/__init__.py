@@ -1,5 +1,5 @@
-"""The PLANT recipe, one module per stage: data -> MIG table -> ranker -> planting and fine-tuning -> lexical channel
--> evaluation -> model card.
+"""The PLANT recipe, one module per stage: data -> MIG table -> ranker -> planting and fine-tuning -> retrieval memory
+-> lexical channel -> evaluation -> model card.
 
 Each stage owns its options (one dataclass, one group of `plant-hf fit --help`) and a runner that writes into the run
 folder (`output_dir`) and skips its work when its output is already there: running the same command again continues
@@ -23,6 +23,7 @@ from .data import DataArguments, RunContext, prepare_run
 from .evaluation import EvaluationArguments, evaluate_stage, predict_top_k, split_predictions
 from .finetuning import FinetuningArguments, classifier, finetune_stage
 from .lexical import LexicalArguments, lexical_stage
+from .memory import MemoryArguments, memory_stage
 from .mig import MigArguments, mig_stage
 from .ranker import RankerArguments, ranker_stage
 
@@ -34,6 +35,7 @@ STAGE_ARGUMENTS = (
     MigArguments,
     RankerArguments,
     FinetuningArguments,
+    MemoryArguments,
     LexicalArguments,
     EvaluationArguments,
 )
@@ -41,7 +43,13 @@ STAGE_ARGUMENTS = (
 
 @dataclass
 class PlantArguments(
-    EvaluationArguments, LexicalArguments, FinetuningArguments, RankerArguments, MigArguments, DataArguments
+    EvaluationArguments,
+    LexicalArguments,
+    MemoryArguments,
+    FinetuningArguments,
+    RankerArguments,
+    MigArguments,
+    DataArguments,
 ):
     """The options of every stage of the PLANT recipe (Trainer's options come alongside)."""
 
@@ -73,7 +81,8 @@ def fit(args: PlantArguments, training: PlantTrainingArguments) -> dict[str, Any
     context = prepare_run(args, training)
     ranker = ranker_stage(context, mig_stage(context))
     model_folder = finetune_stage(context, ranker)
-    report = evaluate_stage(context, model_folder, lexical_stage(context))
+    memory = memory_stage(context, model_folder)
+    report = evaluate_stage(context, model_folder, lexical_stage(context), memory)
     card_stage(context, model_folder, report)
     if context.is_main:
         logger.info(format_metrics_table(report))

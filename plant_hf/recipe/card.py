@@ -1,4 +1,4 @@
-"""Stage 7 of the recipe: the model card, generated from what the run did, next to the weights."""
+"""Stage 9 of the recipe: the model card, generated from what the run did, next to the weights."""
 
 import json
 from pathlib import Path

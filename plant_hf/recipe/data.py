@@ -40,6 +40,7 @@ STAGE_OUTPUTS = {
     "mig": ("mig",),
     "ranker": ("ranker",),
     "fine-tuning": ("checkpoints", "adapter", "model", "finetuning_summary.json"),
+    "memory": ("memory",),
     "lexical": ("lexical",),
     "evaluation": ("eval",),
 }

@@ -1,5 +1,5 @@
-"""Stage 7 of the recipe: the lexical channel's weight and the decision thresholds tuned on dev, then the final model
-scored on the test split."""
+"""Stage 8 of the recipe: the weights of the retrieval memory and of the lexical channel and the decision thresholds
+tuned on dev, then the final model scored on the test split."""
 
 import dataclasses
 import json
@@ -16,12 +16,13 @@ from ..data import write_predictions
 from ..files import atomic_path
 from ..lexical import LEXICAL_FOLDER, LexicalRanker, fuse, tune_lexical_weight
 from ..metrics import TopKPredictions, as_truth_matrix, evaluate_predictions, threshold_metrics, tune_label_thresholds
-from ..modeling_plant import PlantForMultiLabelClassification
+from ..modeling_plant import MEMORY_FILE, PlantDocumentMemory, PlantForMultiLabelClassification
 from ..training.evaluation import flatten_report, plot_frequency_buckets, top_k_logits, write_report
 from ..training.trainer import XMCTrainer
 from .data import RunContext
 from .finetuning import inference_inputs
-from .lexical import returns_held_out, train_channel
+from .lexical import dev_held_out, train_channel
+from .memory import build_memory
 
 logger = logging.get_logger(__name__)
 
@@ -50,18 +51,29 @@ class EvaluationArguments:
     )
 
 
-def evaluate_stage(context: RunContext, model_folder: Path, lexical: LexicalRanker | None = None) -> dict[str, Any]:
-    """Tune the weight of the `lexical` channel (when there is one) and the decision thresholds on dev, save them
-    with the model, and score it on the test split (unseen labels count as misses): report, plot and
-    predictions."""
+def evaluate_stage(
+    context: RunContext,
+    model_folder: Path,
+    lexical: LexicalRanker | None = None,
+    memory: PlantDocumentMemory | None = None,
+) -> dict[str, Any]:
+    """Tune the weights of the retrieval `memory` and of the `lexical` channel (where there are) and the decision
+    thresholds on dev, save them with the model, and score it on the test split (unseen labels count as misses):
+    report, plot and predictions."""
     folder = context.folder / "eval"
     report_path = folder / "test_metrics.json"
     context.begin_stage("evaluation", report_path)
     if report_path.exists():
         return json.loads(report_path.read_text())
     model = PlantForMultiLabelClassification.from_pretrained(model_folder, dtype=context.args.dtype).eval()
-    dev_weights = _tune_on_dev(context, model, lexical)
-    held_out_returned = lexical is not None and bool(model.config.lexical_weight) and returns_held_out(context)
+    dev_weights = _tune_on_dev(context, model, lexical, memory)
+    held_out_returned = (
+        lexical is not None
+        and bool(model.config.lexical_weight)
+        and context.args.lexical_with_held_out
+        and dev_held_out(context)
+    )
+    _save_memory(context, model, model_folder)
     lexical = _save_tuned(context, model, model_folder, lexical, held_out_returned)
     threshold = np.asarray(model.config.label_thresholds) if context.args.tune_thresholds else None
     predictions = split_predictions(context, model, "test", lexical)
@@ -79,7 +91,19 @@ def evaluate_stage(context: RunContext, model_folder: Path, lexical: LexicalRank
         report["fixed_threshold"] = {"threshold": context.args.threshold, **fixed}
     if lexical is not None:
         trained_on = "train and held-out dev" if held_out_returned else "train"
-        report["lexical"] = {"weight": model.config.lexical_weight, "dev": dev_weights, "trained on": trained_on}
+        report["lexical"] = {
+            "weight": model.config.lexical_weight,
+            "dev": dev_weights["lexical"],
+            "trained on": trained_on,
+        }
+    if memory is not None:
+        report["memory"] = {
+            "weight": model.config.memory_weight,
+            "dev": dev_weights["memory"],
+            "entries": model.config.memory_size,
+            "top_k": model.config.memory_top_k,
+            "temperature": model.config.memory_temperature,
+        }
     report["meta"] = {
         "split": "test",
         "notes": context.notes,
@@ -122,19 +146,36 @@ def split_predictions(
 
 
 def _tune_on_dev(
-    context: RunContext, model: PlantForMultiLabelClassification, lexical: LexicalRanker | None
-) -> dict[float, float] | None:
-    """The lexical channel's weight (by `--lexical_weight_metric`) and then the per-label thresholds (on the fused
-    dev predictions), set in the model's config. Returns each lexical weight's dev score (None without the
-    channel)."""
+    context: RunContext,
+    model: PlantForMultiLabelClassification,
+    lexical: LexicalRanker | None,
+    memory: PlantDocumentMemory | None,
+) -> dict[str, dict[float, float] | None]:
+    """The memory's weight (by `--memory_weight_metric`; the memory is dropped at 0), the lexical channel's (by
+    `--lexical_weight_metric`, on the model's predictions with the memory) and then the per-label thresholds (on the
+    fused dev predictions), set in the model's config. Returns each weight's dev score, by channel (None for a
+    channel the run has not)."""
     args = context.args
     truth, _ = context.vocabulary.evaluation_targets(context.splits["dev"]["labels"])
-    neural = split_predictions(context, model, "dev") if lexical is not None or args.tune_thresholds else None
-    scores = None
+    scores = {"memory": None, "lexical": None}
     model.config.lexical_weight = 0.0
+    model.set_memory(memory)
+    if memory is not None:
+        model.config.memory_weight = 0.0
+        alone = split_predictions(context, model, "dev")
+        model.config.memory_weight = 1.0
+        remembered = split_predictions(context, model, "dev")
+        metric = _selection(context, args.memory_weight_metric)
+        model.config.memory_weight, scores["memory"] = tune_lexical_weight(truth, alone, remembered, metric)
+        if context.is_main:
+            logger.info(f"retrieval memory: weight {model.config.memory_weight:g} (tuned on dev)")
+        if not model.config.memory_weight:
+            model.set_memory(None)
+    neural = split_predictions(context, model, "dev") if lexical is not None or args.tune_thresholds else None
     if lexical is not None:
         dev_lexical = lexical.top_k(context.splits["dev"]["text"])
-        model.config.lexical_weight, scores = tune_lexical_weight(truth, neural, dev_lexical, _selection(context))
+        metric = _selection(context, args.lexical_weight_metric)
+        model.config.lexical_weight, scores["lexical"] = tune_lexical_weight(truth, neural, dev_lexical, metric)
         if context.is_main:
             logger.info(f"lexical channel: weight {model.config.lexical_weight:g} (tuned on dev)")
     if args.tune_thresholds:
@@ -143,15 +184,31 @@ def _tune_on_dev(
     return scores
 
 
-def _selection(context: RunContext):
-    """The dev metric that picks the lexical channel's weight (`--lexical_weight_metric`)."""
-    name, vocabulary = context.args.lexical_weight_metric, context.vocabulary
+def _selection(context: RunContext, name: str):
+    """The dev metric `name` (one the evaluation reports) as a score of top-k predictions."""
+    vocabulary = context.vocabulary
 
     def metric(truth, predictions: TopKPredictions) -> float:
         report = evaluate_predictions(truth, predictions, vocabulary.counts, vocabulary.num_documents)
         return flatten_report(report)[name]
 
     return metric
+
+
+def _save_memory(context: RunContext, model: PlantForMultiLabelClassification, model_folder: Path) -> None:
+    """Save the memory the model keeps (with the held-out dev documents where `--memory_with_held_out` returns them)
+    as the model folder's memory file, or remove the file where it keeps none."""
+    if model.memory is not None and context.args.memory_with_held_out and dev_held_out(context):
+        if context.is_main:
+            logger.info(f"retrieval memory: the {len(context.splits['dev'])} held-out documents join it")
+        model.set_memory(model.memory.joined(build_memory(context, model, ("dev",))))
+    if not context.is_main:
+        return
+    if model.memory is None:
+        (model_folder / MEMORY_FILE).unlink(missing_ok=True)
+        return
+    with atomic_path(model_folder / MEMORY_FILE) as partial:
+        model.memory.save(str(partial))
 
 
 def _save_tuned(

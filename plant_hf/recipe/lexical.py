@@ -1,4 +1,4 @@
-"""Stage 6 of the recipe: the lexical channel, TF-IDF linear classifiers on the whole text of the training documents,
+"""Stage 7 of the recipe: the lexical channel, TF-IDF linear classifiers on the whole text of the training documents,
 trained beside the neural model (its weight in the fused probabilities is tuned on dev by the evaluation stage)."""
 
 from dataclasses import dataclass, field
@@ -69,10 +69,11 @@ def lexical_stage(context: RunContext) -> LexicalRanker | None:
     return train_channel(context, ("train",), folder)
 
 
-def returns_held_out(context: RunContext) -> bool:
-    """Whether the saved channel is trained again with the held-out dev documents (`--lexical_with_held_out`)."""
-    held_out = "dev" in context.notes and "test" not in context.notes  # dev carved from train, test its own
-    return context.args.lexical_with_held_out and held_out and context.args.train_fraction == 1.0
+def dev_held_out(context: RunContext) -> bool:
+    """Whether the dev split was carved from the training split (test is its own) of a run that trains on all of
+    it: what the lexical channel and the memory may take back once their weights are chosen."""
+    held_out = "dev" in context.notes and "test" not in context.notes
+    return held_out and context.args.train_fraction == 1.0
 
 
 def train_channel(context: RunContext, splits: tuple[str, ...], folder: Path, again: bool = False) -> LexicalRanker:
@@ -102,4 +103,4 @@ def train_channel(context: RunContext, splits: tuple[str, ...], folder: Path, ag
     return LexicalRanker.load(folder, vocabulary.labels)
 
 
-__all__ = ["LexicalArguments", "lexical_stage", "returns_held_out", "train_channel"]
+__all__ = ["LexicalArguments", "dev_held_out", "lexical_stage", "train_channel"]

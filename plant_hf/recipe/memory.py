@@ -1,0 +1,123 @@
+"""Stage 6 of the recipe: the retrieval memory, every training document's mean token state as a key with its label set
+(`PlantDocumentMemory`); the evaluation stage tunes its weight in the model's probabilities on dev and saves it with
+the model."""
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from ..files import atomic_path
+from ..modeling_plant import MEMORY_FILE, PlantDocumentMemory, PlantForMultiLabelClassification
+from ..training.trainer import XMCTrainer
+from .data import RunContext
+from .finetuning import inference_inputs
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class MemoryArguments:
+    """The retrieval memory: the training documents nearest to a document vote for their labels."""
+
+    stage: ClassVar[str] = "memory"
+    _argument_group_name: ClassVar[str] = "Retrieval memory"
+    # The least value of each numeric option (None stays allowed where it is the default).
+    at_least: ClassVar[dict[str, int]] = {"memory_top_k": 1}
+
+    memory: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep every training document's mean token state with its labels; a document's memory score for "
+            "a label is the softmax weight of its nearest training documents that carry it, mixed into the model's "
+            "probabilities with a weight tuned on dev (the memory is dropped where that weight is 0). Saved as the "
+            "model's memory.safetensors and used wherever the model is. --memory false: no memory."
+        },
+    )
+    memory_top_k: int = field(default=32, metadata={"help": "Training documents retrieved per document."})
+    memory_temperature: float = field(
+        default=0.05, metadata={"help": "Temperature of the softmax over the retrieved documents' cosine similarity."}
+    )
+    memory_with_held_out: bool = field(
+        default=True,
+        metadata={
+            "help": "Where the dev split was held out of the training split, its documents join the saved memory "
+            "once its weight and the thresholds are chosen."
+        },
+    )
+    memory_weight_metric: str = field(
+        default="nDCG@5", metadata={"help": "Dev metric that picks the memory's weight (the least among equals)."}
+    )
+
+
+class _DocumentEmbeddings(nn.Module):
+    """The model's `document_embeddings` as a forward pass, so that Trainer's prediction loop batches and shards it."""
+
+    def __init__(self, model: PlantForMultiLabelClassification):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        token_states: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        # Named inputs: Trainer hands a model only the batch columns its forward names.
+        embeddings = self.model.document_embeddings(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, token_states=token_states
+        )
+        return {"embeddings": embeddings}
+
+
+def document_embeddings(context: RunContext, model: PlantForMultiLabelClassification, split: str) -> torch.Tensor:
+    """Each document of a split as the memory reads it, `(documents, hidden)`, in the split's order."""
+    documents, collator = inference_inputs(context, model, split)
+    arguments = dataclasses.replace(context.training, output_dir=str(context.folder / "memory"))
+    trainer = XMCTrainer(
+        model=_DocumentEmbeddings(model),
+        args=arguments,
+        eval_dataset=documents,
+        data_collator=collator,
+        stage=f"memory: {split}",
+    )
+    return torch.from_numpy(trainer.predict(documents).predictions)
+
+
+def build_memory(
+    context: RunContext, model: PlantForMultiLabelClassification, splits: tuple[str, ...]
+) -> PlantDocumentMemory:
+    """The memory of the documents of `splits`, with their labels among the model's."""
+    keys = torch.cat([document_embeddings(context, model, split) for split in splits])
+    label_sets = [labels for split in splits for labels in context.tokenized(split)["label_ids"]]
+    args = context.args
+    return PlantDocumentMemory.from_entries(
+        keys, label_sets, model.config.num_labels, args.memory_top_k, args.memory_temperature
+    )
+
+
+def memory_stage(context: RunContext, model_folder: Path) -> PlantDocumentMemory | None:
+    """The memory of the training split (`<output_dir>/memory/memory.safetensors`, kept when already there)."""
+    if not context.args.memory:
+        return None
+    path = context.folder / "memory" / MEMORY_FILE
+    context.begin_stage("retrieval memory", path)
+    args = context.args
+    if path.exists():
+        return PlantDocumentMemory.read(str(path), len(context.vocabulary), args.memory_top_k, args.memory_temperature)
+    model = PlantForMultiLabelClassification.from_pretrained(model_folder, dtype=args.dtype).eval()
+    memory = build_memory(context, model, ("train",))
+    if context.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as partial:
+            memory.save(str(partial))
+        logger.info(f"retrieval memory: {len(memory)} training documents, {memory.labels.numel()} labels -> {path}")
+    return memory
+
+
+__all__ = ["MemoryArguments", "build_memory", "memory_stage"]
