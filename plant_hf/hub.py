@@ -129,6 +129,7 @@ def render_model_card(
         mig_summary=", ".join(f"{key} {value}" for key, value in info.mig.items()) or "not built",
         planting_summary=planting_summary,
         finetune_summary=", ".join(f"{key} {value}" for key, value in info.finetuning.items()),
+        memory_summary=_memory_summary(report.get("memory")),
         lexical_summary=_lexical_summary(report.get("lexical")),
         eval_summary=f"{split} split, top-k predictions scored with plant_hf.metrics",
         changed=sorted(info.changed.items()),
@@ -140,6 +141,20 @@ def render_model_card(
         results=[(metric_name(name), percent(report.get(name))) for name in HEADLINE_METRICS],
         buckets=buckets,
         stages=[_stage_row(name, length) for name, length in info.stages.items()],
+    )
+
+
+def _memory_summary(memory: dict[str, Any] | None) -> str:
+    """The retrieval memory as the card tells it (from the evaluation report, which tuned its weight)."""
+    if not memory:
+        return "none: the probabilities are the head's own"
+    if not memory["weight"]:
+        return "built, but given weight 0 on dev: the probabilities are the head's own"
+    return (
+        f"{memory['entries']} documents' mean token states with their labels (memory.safetensors); the "
+        f"{memory['top_k']} nearest to a document vote for their labels (softmax of the cosine similarity at "
+        f"temperature {memory['temperature']:g}), mixed into the probabilities at weight {memory['weight']:g} (tuned "
+        "on dev) by the model itself, in both pipelines"
     )
 
 

@@ -96,6 +96,7 @@ def test_recipe_writes_a_card_that_names_its_results(trained):
     assert f'AutoModel.from_pretrained("{trained}")' in card.text
     assert "| `planted_lr_fraction` | `0.0` |" in card.text and "| `learning_rate` |" not in card.text
     assert re.search(r"\| fine-tuning \| 4\.0 \| [\d.]+ \| \d+\.\d \| ", card.text)
+    assert re.search(r"\| retrieval memory \| 300 documents' mean token states .* at weight 0\.\d+", card.text)
     assert "static ranker (ApproxNDCG)" in card.text  # the static ranker fits ApproxNDCG whatever --ranker_loss says
 
 
