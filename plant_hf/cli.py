@@ -120,7 +120,11 @@ class ExplainArguments:
     limit: int | None = field(default=None, metadata={"help": "Explain only the first this many documents."})
     label_descriptions: str | None = field(
         default=None,
-        metadata={"help": 'A JSON file of what each label means, {"I21.4": "Non-ST elevation myocardial infarction"}.'},
+        metadata={
+            "help": 'What each label means: JSON lines {"label": ..., "description": ...}, a CSV with label and '
+            "description columns, or one JSON object label -> description (default: the model folder's own "
+            "label_descriptions.json, where it was trained with a label catalogue)."
+        },
     )
 
 
@@ -206,7 +210,7 @@ def run_explain(reading: DocumentReadingArguments, args: ExplainArguments) -> No
 
     from .explanation import explanation_index, explanation_page
 
-    descriptions = _label_descriptions(args.label_descriptions)
+    descriptions = _label_descriptions(args.label_descriptions, reading.model)
     documents = _documents(reading.input, reading.text_field, reading.on_error)
     if args.limit is not None:
         documents = documents.select(range(min(args.limit, len(documents))))
@@ -237,18 +241,14 @@ def run_explain(reading: DocumentReadingArguments, args: ExplainArguments) -> No
     print(f"{len(rows)} pages -> {folder / 'index.html'}")
 
 
-def _label_descriptions(path: str | None) -> dict[str, str]:
-    if path is None:
-        return {}
-    import json
+def _label_descriptions(path: str | None, model: str) -> dict[str, str]:
+    """The descriptions given, or those the model folder carries (none for a Hub id or a model without them)."""
+    from .data.catalogue import LABEL_DESCRIPTIONS_FILE, read_label_descriptions
 
-    try:
-        descriptions = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"--label_descriptions {path}: not readable as JSON ({error}).") from None
-    if not isinstance(descriptions, dict) or not all(isinstance(value, str) for value in descriptions.values()):
-        raise ValueError(f'--label_descriptions {path}: give one JSON object of label -> text, {{"A01": "..."}}.')
-    return descriptions
+    own = Path(model) / LABEL_DESCRIPTIONS_FILE
+    if path is None and own.is_file():
+        path = own
+    return read_label_descriptions(path) if path is not None else {}
 
 
 def run_card(args: CardArguments) -> None:

@@ -79,6 +79,8 @@ class PlantConfig(PreTrainedConfig):
             state, L2-normalised) with a label set. `plant-hf fit` fills it. 0: no memory.
         memory_labels (`int`, *optional*, defaults to 0):
             The labels of all memory entries together (the length of the memory's flat label list).
+        memory_descriptions (`int`, *optional*, defaults to 0):
+            Label descriptions in the memory, each its label's key (`plant-hf fit --label_descriptions`).
         memory_top_k (`int`, *optional*, defaults to 32):
             Entries retrieved per document: its nearest keys by cosine similarity.
         memory_temperature (`float`, *optional*, defaults to 0.05):
@@ -88,6 +90,10 @@ class PlantConfig(PreTrainedConfig):
             Weight `m` of the memory in the model's probabilities, `sigmoid(logits) = (1 - m) p_head + m p_memory`
             (the logits returned are those of the mixture). `plant-hf fit` tunes it on the dev split. 0: the head
             alone.
+        memory_description_weight (`float`, *optional*, defaults to 0.0):
+            Weight `d` of the description scores, which reach the labels that no memory entry carries (labels of the
+            catalogue never seen in training): the probabilities are `(1 - d) p + d p_descriptions`, `p` the mixture
+            above. `plant-hf fit` tunes it on the dev split.
 
     Example:
 
@@ -124,9 +130,11 @@ class PlantConfig(PreTrainedConfig):
     lexical_weight: float = 0.0
     memory_size: int = 0
     memory_labels: int = 0
+    memory_descriptions: int = 0
     memory_top_k: int = 32
     memory_temperature: float = 0.05
     memory_weight: float = 0.0
+    memory_description_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
         num_labels = kwargs.get("num_labels")
@@ -185,10 +193,14 @@ class PlantConfig(PreTrainedConfig):
                 f"`label_thresholds` holds {len(self.label_thresholds)} thresholds for {self.num_labels} labels; "
                 "give one per label, or None."
             )
-        for name in ("lexical_weight", "memory_weight"):
+        for name in ("lexical_weight", "memory_weight", "memory_description_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}.")
-        if min(self.memory_size, self.memory_labels) < 0 or self.memory_top_k < 1 or self.memory_temperature <= 0:
+        if (
+            min(self.memory_size, self.memory_labels, self.memory_descriptions) < 0
+            or self.memory_top_k < 1
+            or self.memory_temperature <= 0
+        ):
             raise ValueError(
                 "The memory's sizes must be at least 0, its memory_top_k at least 1 and its memory_temperature "
                 f"above 0; got {self.memory_size}, {self.memory_labels}, {self.memory_top_k}, "

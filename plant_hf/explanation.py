@@ -54,6 +54,8 @@ _PAGE = (
   <div id="labels"></div>
   <h2 id="missed-header" hidden>gold labels not predicted</h2>
   <ul id="missed"></ul>
+  <h2 id="documents-header" hidden>nearest training documents with the label</h2>
+  <ul id="documents"></ul>
 </nav>
 <main>
   <div id="controls">
@@ -125,6 +127,14 @@ function shade(labelIndex) {
     legend += " its decision threshold " + label.threshold.toFixed(3);
   }
   document.getElementById("legend").textContent = legend + ")";
+  const documents = document.getElementById("documents");
+  documents.textContent = "";
+  (label.documents || []).slice(0, 5).forEach(function (neighbour) {
+    const item = document.createElement("li");
+    item.textContent = neighbour.id + " (" + (100 * neighbour.weight).toFixed(1) + "% of the memory's vote)";
+    documents.appendChild(item);
+  });
+  document.getElementById("documents-header").hidden = !(label.documents || []).length;
 }
 
 function jumpToPeak() {
@@ -183,6 +193,9 @@ function selfTest() {
     const span = document.querySelector('#text span.w[data-index="' + heaviest + '"]');
     const darkest = span && Number(span.dataset.alpha) === 1;
     if (weights.length && !darkest) problems.push("label " + index + " not shaded");
+    const listed = document.querySelectorAll("#documents li").length;
+    const expected = Math.min(5, (data.labels[index].documents || []).length);
+    if (listed !== expected) problems.push("label " + index + " lists " + listed + " documents");
   });
   const view = document.getElementById("view");
   view.value = "top";
@@ -226,7 +239,8 @@ def explanation_page(
     `predictions` are the pipeline's output with `explain=True, explain_words=0`: each label's `score` and its
     `evidence`, every word of the text with its `start`, `end` and `weight`. `thresholds` (each label's decision
     threshold) mark the labels that would not be predicted; `descriptions` name what a label means; `model` and
-    `created` say what made the page and when.
+    `created` say what made the page and when. A label's `documents` (a model with a retrieval memory) are listed
+    when it is selected: the nearest training documents that carry it, with their weight in its memory score.
     """
     words = sorted({(entry["start"], entry["end"]) for prediction in predictions for entry in prediction["evidence"]})
     position = {span: index for index, span in enumerate(words)}
@@ -244,6 +258,10 @@ def explanation_page(
                 "threshold": thresholds.get(name),
                 "description": descriptions.get(name),
                 "weights": weights,
+                "documents": [
+                    {"id": str(neighbour["id"]), "weight": round(float(neighbour["weight"]), 4)}
+                    for neighbour in prediction.get("documents", [])
+                ],
             }
         )
     shown = {*(label["label"] for label in labels), *(gold or [])}

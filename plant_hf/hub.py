@@ -7,6 +7,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from .data.catalogue import LABEL_DESCRIPTIONS_FILE
 from .files import PARTIAL_SUFFIX, write_json
 from .training.evaluation import HEADLINE_METRICS, metric_name, percent
 
@@ -64,13 +65,18 @@ class TrainingInfo:
 
 
 def render_model_card(
-    info: TrainingInfo, report: dict[str, Any], model_id: str = "path/to/model", model_name: str | None = None
+    info: TrainingInfo,
+    report: dict[str, Any],
+    model_id: str = "path/to/model",
+    model_name: str | None = None,
+    descriptions: dict[str, str] | None = None,
 ) -> ModelCard:
     """The model card of a trained model: YAML metadata with a `model-index` of the evaluation results, and a
     body telling the recipe, the results overall and per label-frequency bucket, how to load it, and its limits.
 
     `model_id` is what the card's loading snippets load (a Hub repo id, or the folder), `model_name` the name of its
-    results (default: the repo's or folder's name)."""
+    results (default: the repo's or folder's name), `descriptions` the label catalogue's, where there is one."""
+    descriptions = descriptions or {}
     split = report.get("meta", {}).get("split", "test")
     dataset_name = info.datasets[0] if info.datasets else Path(info.dataset).name or info.dataset
     card_data = ModelCardData(
@@ -134,7 +140,8 @@ def render_model_card(
         eval_summary=f"{split} split, top-k predictions scored with plant_hf.metrics",
         changed=sorted(info.changed.items()),
         hyperparameters=json.dumps(info.hyperparameters, indent=1, default=str),
-        top_labels=list(info.top_labels.items()),
+        top_labels=[(name, count, descriptions.get(name)) for name, count in info.top_labels.items()],
+        catalogue=len(descriptions),
         versions=sorted(info.versions.items()),
         eval_split=split,
         eval_documents=report.get("documents"),
@@ -201,7 +208,12 @@ def write_model_card(folder: str | Path, report: dict[str, Any] | None = None, m
     path = folder / "README.md"
     # A run's model folder is `<run>/model`: its results are named after the run.
     name = None if model_id else (folder.resolve().parent.name if folder.name == "model" else folder.name)
-    render_model_card(TrainingInfo.load(folder), report, model_id=model_id or str(folder), model_name=name).save(path)
+    catalogue = folder / LABEL_DESCRIPTIONS_FILE
+    descriptions = json.loads(catalogue.read_text(encoding="utf-8")) if catalogue.is_file() else None
+    info = TrainingInfo.load(folder)
+    render_model_card(info, report, model_id=model_id or str(folder), model_name=name, descriptions=descriptions).save(
+        path
+    )
     return path
 
 

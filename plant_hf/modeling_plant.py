@@ -598,40 +598,78 @@ def masked_state_sums(hidden_states: torch.Tensor, attention_mask: torch.Tensor)
 
 class PlantDocumentMemory(nn.Module):
     """
-    A retrieval memory: entries (training documents, label descriptions), each a key (a mean token state,
-    L2-normalised) with a set of labels. A document's memory score for a label is the softmax weight, over the
-    `top_k` keys most similar to the document's own mean state, of the retrieved entries that carry the label: a
-    label seen once is scored as soon as its one document is among the nearest, without a trained parameter.
+    A retrieval memory: entries (training documents), each a key (a mean token state, L2-normalised) with a set of
+    labels, and label descriptions, each a key with its one label. A document's memory score for a label is the
+    softmax weight, over the `top_k` entries most similar to the document's own mean state, of the retrieved entries
+    that carry the label: a label seen once is scored as soon as its one document is among the nearest, without a
+    trained parameter. Its description score, for the labels that no entry carries (never seen in training), is
+    the softmax weight of the label's description among the `top_k` descriptions nearest to the document.
 
     Entry `e`'s labels are `labels[offsets[e]:offsets[e + 1]]`. A model saves its memory beside its weights, in
     `memory.safetensors`, and `from_pretrained` loads it from there.
     """
 
-    def __init__(
-        self, hidden_size: int, num_labels: int, size: int, num_entry_labels: int, top_k: int, temperature: float
-    ):
+    TENSORS = ("keys", "offsets", "labels", "description_keys", "description_labels")
+
+    def __init__(self, hidden_size: int, num_labels: int, top_k: int, temperature: float):
         super().__init__()
         self.num_labels, self.top_k, self.temperature = num_labels, top_k, temperature
         # Not in the model's state dict: the memory has its own file (a model is saved without it until it has one).
-        self.register_buffer("keys", torch.zeros(size, hidden_size), persistent=False)
-        self.register_buffer("offsets", torch.zeros(size + 1, dtype=torch.long), persistent=False)
-        self.register_buffer("labels", torch.zeros(num_entry_labels, dtype=torch.long), persistent=False)
+        empty = {
+            "keys": torch.zeros(0, hidden_size),
+            "offsets": torch.zeros(1, dtype=torch.long),
+            "labels": torch.zeros(0, dtype=torch.long),
+            "description_keys": torch.zeros(0, hidden_size),
+            "description_labels": torch.zeros(0, dtype=torch.long),
+            "documented": torch.zeros(num_labels, dtype=torch.bool),
+        }
+        for name, tensor in empty.items():
+            self.register_buffer(name, tensor, persistent=False)
+
+    def _fill(self, **tensors: torch.Tensor) -> "PlantDocumentMemory":
+        """Set the memory's tensors, checked against each other and the label count."""
+        tensors = {**{name: getattr(self, name) for name in self.TENSORS}, **tensors}
+        keys, offsets, labels = tensors["keys"], tensors["offsets"].long(), tensors["labels"].long()
+        description_keys, description_labels = tensors["description_keys"], tensors["description_labels"].long()
+        if keys.dim() != 2 or offsets.shape != (keys.shape[0] + 1,) or int(offsets[-1]) != labels.numel():
+            raise ValueError("The memory's keys, offsets and labels do not describe one memory.")
+        if description_keys.shape != (description_labels.numel(), keys.shape[1]):
+            raise ValueError("The memory's description keys and labels do not match its key size.")
+        for ids in (labels, description_labels):
+            if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < self.num_labels:
+                raise ValueError(f"Memory labels must be label ids in [0, {self.num_labels}).")
+        self.keys, self.offsets, self.labels = keys, offsets, labels
+        self.description_keys, self.description_labels = description_keys, description_labels
+        self.documented = torch.zeros(self.num_labels, dtype=torch.bool, device=labels.device).index_fill_(
+            0, labels, True
+        )
+        return self
 
     @classmethod
     def from_entries(
-        cls, keys: torch.Tensor, label_sets: list[list[int]], num_labels: int, top_k: int, temperature: float
+        cls,
+        keys: torch.Tensor,
+        label_sets: list[list[int]],
+        num_labels: int,
+        top_k: int,
+        temperature: float,
+        descriptions: tuple[torch.Tensor, list[int]] | None = None,
     ) -> "PlantDocumentMemory":
-        """A memory of these entries: `keys` `(entries, hidden)` (normalised here) and each entry's label ids."""
+        """A memory of these entries: `keys` `(entries, hidden)` (normalised here) and each entry's label ids, and
+        `descriptions`: their keys `(descriptions, hidden)` and each one's label id."""
         if keys.dim() != 2 or keys.shape[0] != len(label_sets):
             raise ValueError(f"{len(label_sets)} label sets for keys of shape {tuple(keys.shape)}.")
-        flat = [label for labels in label_sets for label in labels]
-        if flat and not 0 <= min(flat) <= max(flat) < num_labels:
-            raise ValueError(f"Memory labels must be label ids in [0, {num_labels}).")
-        memory = cls(keys.shape[1], num_labels, keys.shape[0], len(flat), top_k, temperature)
-        memory.keys = F.normalize(keys.detach().float(), dim=-1).to(keys.dtype)
-        memory.offsets = torch.tensor([0, *torch.tensor([len(s) for s in label_sets]).cumsum(0).tolist()])
-        memory.labels = torch.tensor(flat, dtype=torch.long)
-        return memory
+        memory = cls(keys.shape[1], num_labels, top_k, temperature)
+        lengths = torch.tensor([0] + [len(labels) for labels in label_sets])
+        tensors = {
+            "keys": F.normalize(keys.detach().float(), dim=-1).to(keys.dtype),
+            "offsets": lengths.cumsum(0),
+            "labels": torch.tensor([label for labels in label_sets for label in labels], dtype=torch.long),
+        }
+        if descriptions is not None:
+            tensors["description_keys"] = F.normalize(descriptions[0].detach().float(), dim=-1)
+            tensors["description_labels"] = torch.tensor(descriptions[1], dtype=torch.long)
+        return memory._fill(**tensors)
 
     @classmethod
     def read(cls, path: str, num_labels: int, top_k: int, temperature: float) -> "PlantDocumentMemory":
@@ -639,51 +677,61 @@ class PlantDocumentMemory(nn.Module):
         from safetensors import safe_open
 
         with safe_open(path, framework="pt") as saved:
-            keys, offsets, labels = (saved.get_tensor(name) for name in ("keys", "offsets", "labels"))
-        offsets, labels = offsets.long(), labels.long()
-        if keys.dim() != 2 or offsets.shape != (keys.shape[0] + 1,) or int(offsets[-1]) != labels.numel():
-            raise ValueError(f"{path}: its keys, offsets and labels do not describe one memory; write it again.")
-        if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < num_labels:
-            raise ValueError(f"{path}: memory labels outside the model's {num_labels} labels.")
-        memory = cls(keys.shape[1], num_labels, 0, 0, top_k, temperature)
-        memory.keys, memory.offsets, memory.labels = keys, offsets, labels
-        return memory
+            saved_names = set(saved.keys())
+            tensors = {name: saved.get_tensor(name) for name in cls.TENSORS if name in saved_names}
+        if "keys" not in tensors:
+            raise ValueError(f"{path}: not a memory file (no keys); write it again.")
+        try:
+            return cls(tensors["keys"].shape[-1], num_labels, top_k, temperature)._fill(**tensors)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error} Write it again.") from None
 
     @classmethod
     def load(cls, path: str, config: PlantConfig) -> "PlantDocumentMemory":
         """The memory saved at `path` for a model of this config; refused where they do not fit."""
         memory = cls.read(path, config.num_labels, config.memory_top_k, config.memory_temperature)
-        found = (len(memory), memory.keys.shape[1], memory.labels.numel())
-        expected = (config.memory_size, config.text_config.hidden_size, config.memory_labels)
+        found = (len(memory), memory.keys.shape[1], memory.labels.numel(), memory.description_labels.numel())
+        expected = (
+            config.memory_size,
+            config.text_config.hidden_size,
+            config.memory_labels,
+            config.memory_descriptions,
+        )
         if found != expected:
             raise ValueError(
-                f"{path}: a memory of {found[0]} entries of size {found[1]} with {found[2]} labels, where the "
-                f"model's config expects {expected[0]}, {expected[1]} and {expected[2]}: it belongs to another model."
+                f"{path}: a memory of {found[0]} entries of size {found[1]} with {found[2]} labels and {found[3]} "
+                f"descriptions, where the model's config expects {expected[0]}, {expected[1]}, {expected[2]} and "
+                f"{expected[3]}: it belongs to another model."
             )
         return memory
 
     def save(self, path: str) -> None:
         from safetensors.torch import save_file
 
-        tensors = {"keys": self.keys, "offsets": self.offsets, "labels": self.labels}
-        save_file({name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}, path)
+        save_file({name: getattr(self, name).detach().contiguous().cpu() for name in self.TENSORS}, path)
 
     def joined(self, other: "PlantDocumentMemory") -> "PlantDocumentMemory":
-        """This memory's entries, then `other`'s, with this one's retrieval settings."""
-        joined = PlantDocumentMemory(self.keys.shape[1], self.num_labels, 0, 0, self.top_k, self.temperature)
-        joined.keys = torch.cat([self.keys, other.keys.to(self.keys)])
-        joined.offsets = torch.cat([self.offsets, other.offsets[1:].to(self.offsets) + self.offsets[-1]])
-        joined.labels = torch.cat([self.labels, other.labels.to(self.labels)])
-        return joined
+        """This memory's entries, then `other`'s (its descriptions are this one's), with this one's settings."""
+        joined = PlantDocumentMemory(self.keys.shape[1], self.num_labels, self.top_k, self.temperature)
+        return joined._fill(
+            keys=torch.cat([self.keys, other.keys.to(self.keys)]),
+            offsets=torch.cat([self.offsets, other.offsets[1:].to(self.offsets) + self.offsets[-1]]),
+            labels=torch.cat([self.labels, other.labels.to(self.labels)]),
+            description_keys=self.description_keys,
+            description_labels=self.description_labels,
+        )
 
     def __len__(self) -> int:
         return self.keys.shape[0]
 
+    def _nearest(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        similarities = (queries.to(keys.dtype) @ keys.T).float()
+        top = similarities.topk(min(self.top_k, keys.shape[0]), dim=1)
+        return top.indices, torch.softmax(top.values / self.temperature, dim=1)
+
     def retrieve(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The entries nearest to each normalised query, `(batch, k)`, and their softmax weights (fp32)."""
-        similarities = (queries.to(self.keys.dtype) @ self.keys.T).float()
-        top = similarities.topk(min(self.top_k, len(self)), dim=1)
-        return top.indices, torch.softmax(top.values / self.temperature, dim=1)
+        return self._nearest(queries, self.keys)
 
     def scores(self, queries: torch.Tensor) -> torch.Tensor:
         """Each label's memory score, `(batch, num_labels)` in [0, 1] (fp32), for normalised `queries`."""
@@ -699,9 +747,28 @@ class PlantDocumentMemory(nn.Module):
         rows = torch.div(pair, entries.shape[1], rounding_mode="floor")
         return scores.index_put_((rows, self.labels[position]), weights.flatten()[pair], accumulate=True)
 
-    def fuse(self, logits: torch.Tensor, queries: torch.Tensor, weight: float) -> torch.Tensor:
-        """The logits of `(1 - weight) sigmoid(logits) + weight * memory scores` (fp32)."""
+    def carriers(self, entries: torch.Tensor, label: int) -> torch.Tensor:
+        """Which of these entries carry `label` (a bool per entry)."""
+        spans = zip(self.offsets[entries].tolist(), self.offsets[entries + 1].tolist(), strict=True)
+        return torch.tensor([bool((self.labels[start:end] == label).any()) for start, end in spans], dtype=torch.bool)
+
+    def description_scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """Each label's description score, `(batch, num_labels)` in [0, 1] (fp32): 0 for the labels that entries
+        carry, whose evidence is their documents."""
+        scores = queries.new_zeros(queries.shape[0], self.num_labels, dtype=torch.float32)
+        undocumented = ~self.documented[self.description_labels]
+        keys, labels = self.description_keys[undocumented], self.description_labels[undocumented]
+        if labels.numel() == 0:
+            return scores
+        entries, weights = self._nearest(queries, keys)
+        return scores.scatter_add_(1, labels[entries], weights)
+
+    def fuse(self, logits: torch.Tensor, queries: torch.Tensor, weight: float, description_weight: float = 0.0):
+        """The logits of `(1 - d) [(1 - m) sigmoid(logits) + m memory] + d descriptions` (fp32), `m` the `weight`
+        and `d` the `description_weight`."""
         mixture = (1.0 - weight) * torch.sigmoid(logits.float()) + weight * self.scores(queries)
+        if description_weight:
+            mixture = (1.0 - description_weight) * mixture + description_weight * self.description_scores(queries)
         tiny = 1e-7  # the mixture's logit stays finite where both sides are 0 or 1
         return torch.logit(mixture.clamp(tiny, 1.0 - tiny))
 
@@ -901,10 +968,11 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         self.memory = memory
         self.config.memory_size = 0 if memory is None else len(memory)
         self.config.memory_labels = 0 if memory is None else memory.labels.numel()
+        self.config.memory_descriptions = 0 if memory is None else memory.description_labels.numel()
         if memory is not None:
             self.config.memory_top_k, self.config.memory_temperature = memory.top_k, memory.temperature
         else:
-            self.config.memory_weight = 0.0
+            self.config.memory_weight = self.config.memory_description_weight = 0.0
 
     @torch.no_grad()
     def document_embeddings(
@@ -978,7 +1046,8 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         for name, given in (("token_states", token_states), ("inputs_embeds", inputs_embeds)):
             if given is not None and not bool(torch.isfinite(given).all()):
                 raise ValueError(f"{name} hold NaN or infinite values: the head would turn them into NaN logits.")
-        remember = self.memory is not None and self.config.memory_weight > 0
+        weights = (self.config.memory_weight, self.config.memory_description_weight)
+        remember = self.memory is not None and max(weights) > 0
         if token_states is not None:
             mask = self._states_mask(token_states, attention_mask)
             logits, maps = self._attend_to_states(token_states, mask, input_ids, bool(output_attentions))
@@ -990,7 +1059,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             )
             maps = None if maps is None else chunks.to_input_layout(maps)
         if remember:
-            logits = self.memory.fuse(logits, mean_token_states(*sums), self.config.memory_weight)
+            logits = self.memory.fuse(logits, mean_token_states(*sums), *weights)
         loss = None
         if labels is not None:
             if tuple(labels.shape) != tuple(logits.shape):

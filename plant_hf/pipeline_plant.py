@@ -1,6 +1,8 @@
 """The `xmc-classification` pipeline: label probabilities of long documents, and the words behind each label."""
 
 import importlib
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +13,8 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 TASK = "xmc-classification"
+# A model folder's list of its retrieval memory's entries (training document ids, in the memory's order).
+MEMORY_DOCUMENTS_FILE = "memory_documents.json"
 
 
 class PlantClassificationPipeline(Pipeline):
@@ -20,7 +24,8 @@ class PlantClassificationPipeline(Pipeline):
     that `plant-hf fit` tunes on the dev split), with their names. Documents longer than the model's `chunk_size` are
     cut into chunks (up to `max_chunks`) as the model was trained, and score as in `text-classification`. With
     `explain=True`, every returned label also carries the `explain_words` words its attention weighs most (sub-word
-    pieces merged), with their weights (`explain_words=0`: every word, in text order).
+    pieces merged), with their weights (`explain_words=0`: every word, in text order), and, for a model with a
+    retrieval memory, the retrieved training `documents` that carry the label, with their weight in its memory score.
 
     Example:
 
@@ -163,6 +168,9 @@ class PlantClassificationPipeline(Pipeline):
         outputs = {"indices": indices, "scores": top.values, "attention_mask": model_inputs["attention_mask"]}
         if explain:
             outputs["maps"] = self.model.label_attention_maps(indices, **model_inputs)
+            if getattr(self.model, "memory", None) is not None and len(self.model.memory):
+                queries = self.model.document_embeddings(**model_inputs)
+                outputs["neighbours"], outputs["neighbour_weights"] = self.model.memory.retrieve(queries)
         outputs["tokens"] = tokens
         return outputs
 
@@ -181,8 +189,30 @@ class PlantClassificationPipeline(Pipeline):
             if "maps" in model_outputs:
                 weights = model_outputs["maps"].reshape(len(indices), -1)[position][real].float().numpy()
                 entry["evidence"] = _top_words(tokens, weights, explain_words)
+            if "neighbours" in model_outputs:
+                entry["documents"] = self._memory_evidence(
+                    model_outputs["neighbours"], model_outputs["neighbour_weights"], label
+                )
             predictions.append(entry)
         return predictions
+
+    def _memory_evidence(self, entries: torch.Tensor, weights: torch.Tensor, label: int) -> list[dict[str, Any]]:
+        """The retrieved training documents that carry `label`, with their weight in its memory score (best first),
+        named by their ids where the model folder lists them."""
+        entries, weights = entries.reshape(-1), weights.reshape(-1)
+        carried = self.model.memory.carriers(entries.cpu(), label)
+        names = self.memory_documents()
+        return [
+            {"id": names[entry] if names else entry, "weight": weight}
+            for entry, weight in zip(entries[carried].tolist(), weights.cpu()[carried].tolist(), strict=True)
+        ]
+
+    def memory_documents(self) -> list[str] | None:
+        """The ids of the memory's entries, from the model folder's list of them (None where it has none)."""
+        if not hasattr(self, "_memory_documents"):
+            path = Path(str(getattr(self.model, "name_or_path", ""))) / MEMORY_DOCUMENTS_FILE
+            self._memory_documents = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return self._memory_documents
 
 
 def _word_ids(encoded) -> list[int | None]:

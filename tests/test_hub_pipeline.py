@@ -111,7 +111,8 @@ def test_push_sends_the_model_folder_in_one_commit(trained, tmp_path):
     assert card.data.model_name == "plant" and 'AutoModel.from_pretrained("org/plant")' in card.text
     assert api.commits[0]["files"] == [
         "README.md", "config.json", "configuration_plant.py", "eval_report.json", "label_vocabulary.json",
-        "memory.safetensors", "model.safetensors", "modeling_plant.py", "pipeline_plant.py", "plant_training.json",
+        "memory.safetensors", "memory_documents.json", "model.safetensors", "modeling_plant.py", "pipeline_plant.py",
+        "plant_training.json",
         "tokenizer.json", "tokenizer_config.json",
     ]  # fmt: skip
     (folder / "training_args.bin").write_bytes(b"pickle")
@@ -268,6 +269,21 @@ def test_explanations_name_each_labels_evidence_word(trained):
     assert named >= 5  # the label's attention names its planted evidence word
 
 
+def test_explanations_name_the_training_documents_the_memory_retrieved(trained):
+    corpus = trained.parents[1] / "corpus"
+    training = {record["id"]: record["labels"] for record in map(json.loads, (corpus / "train.jsonl").open())}
+    assert json.loads((trained / "memory_documents.json").read_text()) == list(training)
+    evidence, noise = synthetic_vocabulary(num_labels=6)
+    predictions = pipeline("xmc-classification", model=str(trained))(
+        " ".join([*noise[:30], evidence[0], evidence[6]]), top_k=3, explain=True
+    )
+    listed = [document for entry in predictions for document in entry["documents"]]
+    assert listed and all(entry["label"] in training[d["id"]] for entry in predictions for d in entry["documents"])
+    for entry in predictions:
+        weights = [document["weight"] for document in entry["documents"]]
+        assert weights == sorted(weights, reverse=True) and sum(weights) <= 1 + 1e-6
+
+
 def test_remote_code_pipeline_in_a_process_without_plant_hf(trained, tmp_path):
     # The model mixes its retrieval memory into its probabilities: the remote copy must load and use it too.
     assert json.loads((trained / "config.json").read_text())["memory_weight"] > 0
@@ -338,7 +354,7 @@ def test_cli_predict_and_explain(trained, tmp_path):
     refused = subprocess.run([sys.executable, "-m", "plant_hf.cli", "explain", "--model", str(trained), "--input",
                               str(documents), "--output_dir", str(tmp_path / "no"), "--label_descriptions",
                               str(documents)], capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert refused.returncode == 2 and "--label_descriptions" in refused.stderr and not (tmp_path / "no").exists()
+    assert refused.returncode == 2 and f"{documents}:1: no label" in refused.stderr and not (tmp_path / "no").exists()
 
 
 def explanation_data(page: str) -> dict:

@@ -45,8 +45,9 @@ class LabelVocabulary:
     num_documents: int
 
     @classmethod
-    def from_training(cls, label_lists: Iterable[Sequence[str]]) -> "LabelVocabulary":
-        """The labels used by the training documents; refuses a training split without any label."""
+    def from_training(cls, label_lists: Iterable[Sequence[str]], catalogue: Iterable[str] = ()) -> "LabelVocabulary":
+        """The labels used by the training documents, and those of a `catalogue` that none uses (with count 0);
+        refuses a training split without any label."""
         counts: Counter = Counter()
         documents = 0
         for labels in label_lists:
@@ -57,7 +58,7 @@ class LabelVocabulary:
                 f"The training split ({documents} documents) has no labels at all; a multi-label classifier needs "
                 "labelled training documents. Check the labels field/column of the training data."
             )
-        names = sorted(counts)
+        names = sorted(set(counts) | set(catalogue))
         return cls(labels=names, counts=np.array([counts[name] for name in names]), num_documents=documents)
 
     def __len__(self) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import atomic_path
-from .readers import DataFormatError, _not_utf8, _numbered_lines, _utf8
+from .readers import DataFormatError, json_lines
 
 
 @dataclass
@@ -23,18 +23,7 @@ def read_predictions(path: str | os.PathLike) -> list[PredictionRecord]:
     """Read a prediction file; a malformed line is an error naming the file and line."""
     path = Path(path)
     records, seen = [], set()
-    for number, raw in _numbered_lines(path):
-        where = f"{path}:{number}"
-        try:
-            line = _utf8(number, raw)
-        except UnicodeDecodeError as error:
-            raise DataFormatError(f"{where}: {_not_utf8(raw, error)}. Save the file as UTF-8.") from None
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataFormatError(f"{where}: malformed JSON ({error.msg}). Fix the line.") from None
+    for where, record in json_lines(path):
         if not isinstance(record, dict) or "id" not in record:
             raise DataFormatError(f'{where}: a prediction needs an "id" matching the evaluated document.')
         labels, scores = record.get("labels"), record.get("scores")

@@ -151,6 +151,24 @@ def _not_utf8(raw: bytes, error: UnicodeDecodeError) -> str:
     return f"byte {raw[error.start]:#04x} at column {error.start + 1} is not UTF-8"
 
 
+def json_lines(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """Each non-blank line of a JSON-lines file (plain or gzipped), parsed, with where it is (`file:line`); a line
+    that is not UTF-8 or not JSON is an error naming it."""
+    for number, raw in _numbered_lines(Path(path)):
+        where = f"{path}:{number}"
+        try:
+            line = _utf8(number, raw)
+        except UnicodeDecodeError as error:
+            raise DataFormatError(f"{where}: {_not_utf8(raw, error)}. Save the file as UTF-8.") from None
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFormatError(f"{where}: malformed JSON ({error.msg}). Fix the line.") from None
+        yield where, value
+
+
 def _text_lines(path: Path, report: ReadReport, on_error: OnError, bad: set[int]) -> Iterator[str]:
     """A file's lines as text, line endings kept, for the readers that parse more than one line at a time. A line
     that is not UTF-8 is reported where it is (an error unless skipping), its number added to `bad`, and given
@@ -489,6 +507,7 @@ __all__ = [
     "DataFormatError",
     "ReadReport",
     "detect_format",
+    "json_lines",
     "load_corpus",
     "read_attentionxml",
     "read_caml_csv",

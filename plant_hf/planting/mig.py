@@ -218,6 +218,7 @@ def build_mig_table(
     label_block_size: int = 256,
     batch_size: int = 1000,
     progress: bool = True,
+    catalogue: Sequence[str] = (),
 ) -> MIGTable:
     """Build the MIG table of a training split.
 
@@ -228,6 +229,7 @@ def build_mig_table(
         num_grades: relevance grades of the kept tokens (1..num_grades; other tokens are 0).
         max_tokens: read at most this many tokens of each document (None: all of it).
         label_block_size: labels per sparse product; bounds the peak memory.
+        catalogue: further labels of the task that no training document carries (they get no evidence tokens).
     """
     from tqdm.auto import tqdm
 
@@ -235,7 +237,7 @@ def build_mig_table(
         raise ValueError(f"{len(texts)} texts but {len(label_lists)} label lists.")
     start = time.perf_counter()
     texts = list(texts)
-    vocabulary = LabelVocabulary.from_training(label_lists)
+    vocabulary = LabelVocabulary.from_training(label_lists, catalogue=catalogue)
     vocab_size = len(tokenizer)
     rows, token_total = [], 0
     for begin in tqdm(range(0, len(texts), batch_size), desc="MIG: tokenizing", disable=not progress, unit="batch"):

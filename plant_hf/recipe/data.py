@@ -7,6 +7,7 @@ another's.
 """
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import typing
@@ -21,6 +22,7 @@ from transformers.utils import is_bitsandbytes_available, logging
 
 from ..cache import CachedDocuments, TokenStateCache
 from ..data import LabelVocabulary, load_corpus, tokenize_split
+from ..data.catalogue import read_label_descriptions
 from ..data.synthetic import write_synthetic_corpus
 from ..files import write_json
 from ..modeling_plant import PlantForMultiLabelClassification
@@ -97,6 +99,15 @@ class DataArguments:
         metadata={"help": "Labels field of JSON lines / Hub records; a CAML CSV's labels column (any case)."},
     )
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
+    label_descriptions: str | None = field(
+        default=None,
+        metadata={
+            "help": 'The label catalogue: JSON lines {"label": ..., "description": ...}, a CSV with label and '
+            "description columns, or one JSON object label -> description. Every label in it is a model label, "
+            "seen in training or not; the retrieval memory scores those without training documents by their "
+            "description, and the explanation pages show the descriptions."
+        },
+    )
     synthetic_documents: int = field(default=600, metadata={"help": "Training documents of the synthetic corpus."})
     train_fraction: float = field(
         default=1.0, metadata={"help": "Train on this share of the training split (a seeded random subset)."}
@@ -133,6 +144,7 @@ class RunContext:
     notes: dict[str, str]
     vocabulary: LabelVocabulary
     tokenizer: Any
+    descriptions: dict[str, str] = field(default_factory=dict)  # the label catalogue's, where one is given
     _tokenized: dict[str, Dataset] = field(default_factory=dict)
 
     @property
@@ -246,6 +258,10 @@ def prepare_run(args: Any, training: PlantTrainingArguments) -> RunContext:
     folder = Path(training.output_dir)
     config = run_config(args, training)
     reading = {"on_error": args.on_error, "text_field": args.text_field, "labels_field": args.labels_field}
+    descriptions = read_label_descriptions(args.label_descriptions) if args.label_descriptions else {}
+    if descriptions:
+        # The catalogue as read decides the label space, as the corpus's documents do.
+        config["catalogue_fingerprint"] = hashlib.sha256(json.dumps(descriptions).encode("utf-8")).hexdigest()[:16]
     corpus = None if args.data == SYNTHETIC_DATA else load_corpus(args.data, **reading)
     if corpus is not None:
         # The documents as read, so that a corpus edited in place is not taken for the one a run started from.
@@ -264,7 +280,7 @@ def prepare_run(args: Any, training: PlantTrainingArguments) -> RunContext:
         keep = max(1, round(args.train_fraction * len(splits["train"])))
         splits["train"] = splits["train"].shuffle(seed=training.data_seed or training.seed).select(range(keep))
         notes["train"] = f"{keep} training documents ({100 * args.train_fraction:g}% of the split)"
-    vocabulary = LabelVocabulary.from_training(splits["train"]["labels"])
+    vocabulary = LabelVocabulary.from_training(splits["train"]["labels"], catalogue=descriptions)
     tokenizer = AutoTokenizer.from_pretrained(backbone, trust_remote_code=args.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -273,7 +289,12 @@ def prepare_run(args: Any, training: PlantTrainingArguments) -> RunContext:
             logger.info(str(vocabulary.unseen(splits[split]["labels"], split)))
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "run_config.json", config)
-    return RunContext(args, training, folder, backbone, splits, notes, vocabulary, tokenizer)
+    if descriptions and training.process_index == 0:
+        unseen = int((vocabulary.counts == 0).sum())
+        logger.info(
+            f"label catalogue: {len(descriptions)} described labels, {unseen} of them without training documents"
+        )
+    return RunContext(args, training, folder, backbone, splits, notes, vocabulary, tokenizer, descriptions=descriptions)
 
 
 def _check_lora_targets(backbone: str, args: Any) -> None:
@@ -314,7 +335,7 @@ def option_stages(args: Any) -> dict[str, str]:
     """The stage each recipe option belongs to (Trainer's options belong to fine-tuning)."""
     stages = {item.name: "fine-tuning" for item in dataclasses.fields(PlantTrainingArguments)}
     stages["seed"] = stages["data_seed"] = "data"  # they draw the held-out dev split and the training share
-    stages["corpus_fingerprint"] = "data"
+    stages["corpus_fingerprint"] = stages["catalogue_fingerprint"] = "data"
     for kind in type(args).__mro__:
         if dataclasses.is_dataclass(kind) and "stage" in vars(kind):
             stages.update({item.name: kind.stage for item in dataclasses.fields(kind)})

@@ -13,10 +13,11 @@ from transformers import TrainingArguments
 from transformers.utils import logging
 
 from ..data import write_predictions
-from ..files import atomic_path
+from ..files import atomic_path, write_json
 from ..lexical import LEXICAL_FOLDER, LexicalRanker, fuse, tune_lexical_weight
 from ..metrics import TopKPredictions, as_truth_matrix, evaluate_predictions, threshold_metrics, tune_label_thresholds
 from ..modeling_plant import MEMORY_FILE, PlantDocumentMemory, PlantForMultiLabelClassification
+from ..pipeline_plant import MEMORY_DOCUMENTS_FILE
 from ..training.evaluation import flatten_report, plot_frequency_buckets, top_k_logits, write_report
 from ..training.trainer import XMCTrainer
 from .data import RunContext
@@ -100,6 +101,9 @@ def evaluate_stage(
         report["memory"] = {
             "weight": model.config.memory_weight,
             "dev": dev_weights["memory"],
+            "description_weight": model.config.memory_description_weight,
+            "descriptions": model.config.memory_descriptions,
+            "descriptions_dev": dev_weights["descriptions"],
             "entries": model.config.memory_size,
             "top_k": model.config.memory_top_k,
             "temperature": model.config.memory_temperature,
@@ -157,20 +161,11 @@ def _tune_on_dev(
     channel the run has not)."""
     args = context.args
     truth, _ = context.vocabulary.evaluation_targets(context.splits["dev"]["labels"])
-    scores = {"memory": None, "lexical": None}
+    scores = {"memory": None, "descriptions": None, "lexical": None}
     model.config.lexical_weight = 0.0
     model.set_memory(memory)
     if memory is not None:
-        model.config.memory_weight = 0.0
-        alone = split_predictions(context, model, "dev")
-        model.config.memory_weight = 1.0
-        remembered = split_predictions(context, model, "dev")
-        metric = _selection(context, args.memory_weight_metric)
-        model.config.memory_weight, scores["memory"] = tune_lexical_weight(truth, alone, remembered, metric)
-        if context.is_main:
-            logger.info(f"retrieval memory: weight {model.config.memory_weight:g} (tuned on dev)")
-        if not model.config.memory_weight:
-            model.set_memory(None)
+        scores["memory"], scores["descriptions"] = _tune_memory(context, model, truth)
     neural = split_predictions(context, model, "dev") if lexical is not None or args.tune_thresholds else None
     if lexical is not None:
         dev_lexical = lexical.top_k(context.splits["dev"]["text"])
@@ -182,6 +177,31 @@ def _tune_on_dev(
         fused = split_predictions(context, model, "dev", lexical, neural=neural)
         model.config.label_thresholds = tune_label_thresholds(truth, fused).tolist()
     return scores
+
+
+def _tune_memory(
+    context: RunContext, model: PlantForMultiLabelClassification, truth: Any
+) -> tuple[dict[float, float], dict[float, float] | None]:
+    """The memory's weight, then its descriptions' (where it has any), each by `--memory_weight_metric` on the dev
+    predictions with the weights before it; the memory is dropped where both are 0. Returns each weight's score."""
+    config, metric = model.config, _selection(context, context.args.memory_weight_metric)
+
+    def predictions(memory_weight: float, description_weight: float) -> TopKPredictions:
+        config.memory_weight, config.memory_description_weight = memory_weight, description_weight
+        return split_predictions(context, model, "dev")
+
+    alone, remembered = predictions(0.0, 0.0), predictions(1.0, 0.0)
+    weight, scores = tune_lexical_weight(truth, alone, remembered, metric)
+    description_weight, description_scores = 0.0, None
+    if model.memory.description_labels.numel():
+        mixed, described = predictions(weight, 0.0), predictions(0.0, 1.0)
+        description_weight, description_scores = tune_lexical_weight(truth, mixed, described, metric)
+    config.memory_weight, config.memory_description_weight = weight, description_weight
+    if context.is_main:
+        logger.info(f"retrieval memory: weight {weight:g}, descriptions {description_weight:g} (tuned on dev)")
+    if not weight and not description_weight:
+        model.set_memory(None)
+    return scores, description_scores
 
 
 def _selection(context: RunContext, name: str):
@@ -197,16 +217,20 @@ def _selection(context: RunContext, name: str):
 
 def _save_memory(context: RunContext, model: PlantForMultiLabelClassification, model_folder: Path) -> None:
     """Save the memory the model keeps (with the held-out dev documents where `--memory_with_held_out` returns them)
-    as the model folder's memory file, or remove the file where it keeps none."""
+    as the model folder's memory file, with the ids of its documents, or remove them where it keeps none."""
+    splits = ("train",)
     if model.memory is not None and context.args.memory_with_held_out and dev_held_out(context):
         if context.is_main:
             logger.info(f"retrieval memory: the {len(context.splits['dev'])} held-out documents join it")
-        model.set_memory(model.memory.joined(build_memory(context, model, ("dev",))))
+        model.set_memory(model.memory.joined(build_memory(context, model, ("dev",), descriptions=False)))
+        splits = ("train", "dev")
     if not context.is_main:
         return
     if model.memory is None:
-        (model_folder / MEMORY_FILE).unlink(missing_ok=True)
+        for name in (MEMORY_FILE, MEMORY_DOCUMENTS_FILE):
+            (model_folder / name).unlink(missing_ok=True)
         return
+    write_json(model_folder / MEMORY_DOCUMENTS_FILE, [str(i) for split in splits for i in context.splits[split]["id"]])
     with atomic_path(model_folder / MEMORY_FILE) as partial:
         model.memory.save(str(partial))
 

@@ -12,7 +12,8 @@ from transformers.utils import logging
 
 from ..cache import CachedDocumentCollator
 from ..data import PlantDataCollator
-from ..files import atomic_path
+from ..data.catalogue import LABEL_DESCRIPTIONS_FILE
+from ..files import atomic_path, write_json
 from ..metrics import inverse_propensities
 from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting.prototypes import (
@@ -256,6 +257,8 @@ def _save_final_model(context: RunContext, trained, folder: Path) -> None:
         trained.save_pretrained(partial)
         context.tokenizer.save_pretrained(partial)
         context.vocabulary.save(partial / "label_vocabulary.json")
+        if context.descriptions:
+            write_json(partial / LABEL_DESCRIPTIONS_FILE, context.descriptions)
 
 
 def inference_inputs(

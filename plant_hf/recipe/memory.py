@@ -7,14 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
+from datasets import Dataset
 from torch import nn
 from transformers.utils import logging
 
+from ..data import PlantDataCollator, tokenize_split
 from ..files import atomic_path
 from ..modeling_plant import MEMORY_FILE, PlantDocumentMemory, PlantForMultiLabelClassification
 from ..training.trainer import XMCTrainer
-from .data import RunContext
+from .data import RunContext, pad_token_id
 from .finetuning import inference_inputs
 
 logger = logging.get_logger(__name__)
@@ -75,29 +78,54 @@ class _DocumentEmbeddings(nn.Module):
         return {"embeddings": embeddings}
 
 
-def document_embeddings(context: RunContext, model: PlantForMultiLabelClassification, split: str) -> torch.Tensor:
-    """Each document of a split as the memory reads it, `(documents, hidden)`, in the split's order."""
-    documents, collator = inference_inputs(context, model, split)
+def _embeddings(context: RunContext, model: PlantForMultiLabelClassification, documents, collator, name: str):
+    """`documents` as the memory reads them, `(documents, hidden)`, in their order, by Trainer's prediction loop."""
     arguments = dataclasses.replace(context.training, output_dir=str(context.folder / "memory"))
     trainer = XMCTrainer(
         model=_DocumentEmbeddings(model),
         args=arguments,
         eval_dataset=documents,
         data_collator=collator,
-        stage=f"memory: {split}",
+        stage=f"memory: {name}",
     )
     return torch.from_numpy(trainer.predict(documents).predictions)
 
 
+def description_embeddings(
+    context: RunContext, model: PlantForMultiLabelClassification, labels: list[str]
+) -> torch.Tensor:
+    """The descriptions of these catalogue labels, each read as a document, `(labels, hidden)`."""
+    texts = Dataset.from_dict({"id": labels, "text": [context.descriptions[label] for label in labels]})
+    args = context.args
+    tokenized, _ = tokenize_split(
+        texts.add_column("labels", [[] for _ in labels]),
+        context.tokenizer,
+        context.vocabulary,
+        args.chunk_size,
+        args.max_chunks,
+        "label descriptions",
+    )
+    collator = PlantDataCollator(num_labels=0, pad_token_id=pad_token_id(model))
+    return _embeddings(context, model, tokenized.select_columns(["input_ids"]), collator, "label descriptions")
+
+
 def build_memory(
-    context: RunContext, model: PlantForMultiLabelClassification, splits: tuple[str, ...]
+    context: RunContext, model: PlantForMultiLabelClassification, splits: tuple[str, ...], descriptions: bool = True
 ) -> PlantDocumentMemory:
-    """The memory of the documents of `splits`, with their labels among the model's."""
-    keys = torch.cat([document_embeddings(context, model, split) for split in splits])
+    """The memory of the documents of `splits`, with their labels among the model's, and (`descriptions`) the
+    catalogue's descriptions of the labels that no training document carries."""
+    keys = torch.cat([_embeddings(context, model, *inference_inputs(context, model, split), split) for split in splits])
     label_sets = [labels for split in splits for labels in context.tokenized(split)["label_ids"]]
+    vocabulary = context.vocabulary
+    described = [vocabulary.labels[i] for i in np.flatnonzero(vocabulary.counts == 0)]
+    described = [label for label in described if label in context.descriptions] if descriptions else []
+    label_side = None
+    if described:
+        ids = [vocabulary.label2id[label] for label in described]
+        label_side = (description_embeddings(context, model, described), ids)
     args = context.args
     return PlantDocumentMemory.from_entries(
-        keys, label_sets, model.config.num_labels, args.memory_top_k, args.memory_temperature
+        keys, label_sets, model.config.num_labels, args.memory_top_k, args.memory_temperature, label_side
     )
 
 
@@ -116,7 +144,10 @@ def memory_stage(context: RunContext, model_folder: Path) -> PlantDocumentMemory
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as partial:
             memory.save(str(partial))
-        logger.info(f"retrieval memory: {len(memory)} training documents, {memory.labels.numel()} labels -> {path}")
+        logger.info(
+            f"retrieval memory: {len(memory)} training documents, {memory.labels.numel()} labels, "
+            f"{memory.description_labels.numel()} descriptions of labels without training documents -> {path}"
+        )
     return memory
 
 

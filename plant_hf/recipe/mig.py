@@ -41,6 +41,7 @@ def mig_stage(context: RunContext) -> MIGTable | None:
                 context.tokenizer,
                 top_k=context.args.mig_top_k,
                 num_grades=context.args.mig_grades,
+                catalogue=context.vocabulary.labels,
             )
             table.save(folder)
             logger.info(
@@ -48,16 +49,21 @@ def mig_stage(context: RunContext) -> MIGTable | None:
                 f"({table.token_ids.size} kept pairs) from {table.config.num_documents} training documents in "
                 f"{table.config.stats['seconds']} s -> {folder}"
             )
-            _report_labels_without_evidence(table)
+            _report_labels_without_evidence(table, set(np.flatnonzero(context.vocabulary.counts == 0).tolist()))
     table = MIGTable.load(folder)
     table.check_compatible(context.tokenizer, context.vocabulary.labels, name=str(folder))
     return table
 
 
-def _report_labels_without_evidence(table: MIGTable) -> None:
-    """Name the labels no token is evidence for (e.g. one in every training document: knowing a token tells
-    nothing about it); the ranker has nothing to rank for them, so their attention is planted untrained."""
-    empty = [table.config.labels[label] for label in np.flatnonzero(np.diff(table.label_indptr) == 0)]
+def _report_labels_without_evidence(table: MIGTable, undocumented: set[int]) -> None:
+    """Name the labels of training documents that no token is evidence for (e.g. one in every training document:
+    knowing a token tells nothing about it); the ranker has nothing to rank for them, so their attention is planted
+    untrained. Labels of the catalogue without training documents have no evidence by construction."""
+    empty = [
+        table.config.labels[label]
+        for label in np.flatnonzero(np.diff(table.label_indptr) == 0)
+        if label not in undocumented
+    ]
     if empty:
         logger.warning(
             f"{len(empty)} of {table.num_labels} labels have no evidence token in the MIG table (e.g. "
