@@ -86,6 +86,8 @@ FIT = [
     (["--data", "{root}/corpus-latin1"], r"train\.jsonl:1: byte 0xe9 at column 25 is not UTF-8"),
     (["--data", "{root}/corpus-twins"], r"train\.jsonl:2: id 'd1' was already given to the document at"),
     (["--data", "{root}/corpus-empty"], "the train split holds no usable document"),
+    (["--label_descriptions", "{root}/bad/twins.jsonl"], r"twins\.jsonl:1: no label \(a non-empty string\)"),
+    (["--label_descriptions", "{root}/bad/latin1.jsonl"], r"latin1\.jsonl:1: byte 0xe9 at column 25 is not UTF-8"),
 ]
 
 

@@ -20,14 +20,16 @@ LABEL_DESCRIPTIONS_FILE = "label_descriptions.json"
 def read_label_descriptions(path: str | os.PathLike) -> dict[str, str]:
     """Each label of the catalogue at `path` and its description, in the file's order."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataFormatError(f"{path}: the label catalogue cannot be read ({error}).") from None
-    if path.suffix.lower() == ".csv":
-        entries = _csv_entries(path, text)
-    elif path.suffix.lower() == ".json":
-        entries = _object_entries(path, text)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such label catalogue (a file).")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".json"):
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as error:
+            line = path.read_bytes()[: error.start].count(b"\n") + 1
+            raise DataFormatError(f"{path}:{line}: not UTF-8 ({error.reason}). Save the file as UTF-8.") from None
+        entries = _csv_entries(path, text) if suffix == ".csv" else _object_entries(path, text)
     else:
         entries = _json_lines_entries(path)
     descriptions: dict[str, str] = {}
