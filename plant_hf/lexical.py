@@ -13,6 +13,7 @@ format (never pickle).
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,10 +192,12 @@ def fuse(neural: Any, lexical: TopKPredictions, weight: float, k: int | None = N
     return TopKPredictions.from_sparse(fused, k)
 
 
-def tune_lexical_weight(truth: Any, neural: TopKPredictions, lexical: TopKPredictions, metric) -> tuple[float, dict]:
-    """The weight of `LEXICAL_WEIGHTS` whose fused predictions score best by `metric(truth, predictions)` on these
-    held-out documents (the lowest weight among equals), and each weight's score."""
-    scores = {float(weight): float(metric(truth, fuse(neural, lexical, weight))) for weight in LEXICAL_WEIGHTS}
+def tune_lexical_weight(
+    truth: Any, neural: TopKPredictions, lexical: TopKPredictions, metric, weights: Sequence[float] = LEXICAL_WEIGHTS
+) -> tuple[float, dict]:
+    """The weight of `weights` whose fused predictions score best by `metric(truth, predictions)` on these held-out
+    documents (the lowest weight among equals), and each weight's score."""
+    scores = {float(weight): float(metric(truth, fuse(neural, lexical, weight))) for weight in weights}
     best = max(scores, key=lambda weight: (scores[weight], -weight))
     return best, scores
 

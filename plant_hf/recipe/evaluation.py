@@ -14,7 +14,7 @@ from transformers.utils import logging
 
 from ..data import write_predictions
 from ..files import atomic_path, write_json
-from ..lexical import LEXICAL_FOLDER, LexicalRanker, fuse, tune_lexical_weight
+from ..lexical import LEXICAL_FOLDER, LEXICAL_WEIGHTS, LexicalRanker, fuse, tune_lexical_weight
 from ..metrics import TopKPredictions, as_truth_matrix, evaluate_predictions, threshold_metrics, tune_label_thresholds
 from ..modeling_plant import MEMORY_FILE, PlantDocumentMemory, PlantForMultiLabelClassification
 from ..pipeline_plant import MEMORY_DOCUMENTS_FILE
@@ -195,7 +195,11 @@ def _tune_memory(
     description_weight, description_scores = 0.0, None
     if model.memory.description_labels.numel():
         mixed, described = predictions(weight, 0.0), predictions(0.0, 1.0)
-        description_weight, description_scores = tune_lexical_weight(truth, mixed, described, metric)
+        # Not 0: with 0 a catalogue label without training documents could never be predicted, and the dev metric
+        # over all labels weighs these few labels too little to ask for them.
+        description_weight, description_scores = tune_lexical_weight(
+            truth, mixed, described, metric, LEXICAL_WEIGHTS[1:]
+        )
     config.memory_weight, config.memory_description_weight = weight, description_weight
     if context.is_main:
         logger.info(f"retrieval memory: weight {weight:g}, descriptions {description_weight:g} (tuned on dev)")
