@@ -116,8 +116,9 @@ class PlantClassificationPipeline(Pipeline):
         specials = (config.chunk_prefix_ids or [], config.chunk_suffix_ids or [])
         pieces = document_pieces(list(range(len(ids))), ids, config.chunk_size, specials)
         read = sorted({position for piece in pieces[: config.max_chunks or len(pieces)] for position in piece})
-        if len(read) < len(ids):
-            logger.warning_once(
+        if len(read) < len(ids) and not getattr(self, "_told_truncation", False):
+            self._told_truncation = True  # once a pipeline: the numbers differ from one document to the next
+            logger.warning(
                 f"A document of {len(ids)} tokens was read up to its first {len(read)} ({config.max_chunks} chunks "
                 f"of at most {config.chunk_size} tokens: the model's max_chunks and chunk_size, as in training); "
                 "the rest of its text, and of every document as long, is not read."

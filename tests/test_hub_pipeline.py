@@ -216,8 +216,9 @@ def test_pipeline_says_how_much_of_a_long_document_it_read(trained, caplog):
     _, noise = synthetic_vocabulary(num_labels=6)
     text = " ".join((noise * 10)[:150])  # 150 words and [CLS], [SEP]: two chunks of 30 words are read
     with caplog.at_level("WARNING"):
-        classify(text, top_k=1)
+        classify([text, text + " " + text], top_k=1)
     assert "A document of 152 tokens was read up to its first 62 (2 chunks of at most 32 tokens" in caplog.text
+    assert caplog.text.count("was read up to its first") == 1  # said once, not once a document
 
 
 @pytest.mark.parametrize(
