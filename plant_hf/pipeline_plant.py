@@ -44,7 +44,7 @@ class PlantClassificationPipeline(Pipeline):
 
     def _sanitize_parameters(
         self,
-        top_k: int | None = None,
+        top_k: int | str | None = "",
         threshold: float | str | None = None,
         explain: bool | None = None,
         explain_words: int | None = None,
@@ -53,8 +53,8 @@ class PlantClassificationPipeline(Pipeline):
     ):
         forward: dict[str, Any] = {}
         preprocess = {"lexical": lexical} if lexical is not None else {}
-        if top_k is not None:
-            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        if top_k != "":  # not given (as text-classification marks it): the default; None: every label
+            if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
                 raise ValueError(f"top_k must be a number of labels of at least 1 (None: every label), got {top_k!r}.")
             forward["top_k"] = top_k
         if explain_words is not None and (not isinstance(explain_words, int) or explain_words < 0):
@@ -146,7 +146,7 @@ class PlantClassificationPipeline(Pipeline):
     def _forward(
         self,
         model_inputs: dict[str, Any],
-        top_k: int = 5,
+        top_k: int | None = 5,
         threshold: float | torch.Tensor | None = None,
         explain: bool = False,
     ) -> dict[str, Any]:

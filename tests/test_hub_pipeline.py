@@ -190,6 +190,7 @@ def test_pipeline_scores_chunks_top_k_threshold_and_batches(trained):
             assert [word["word"] for word in entry["evidence"]] == [word["word"] for word in expected["evidence"]]
             weights = [word["weight"] for word in entry["evidence"]]
             assert weights == pytest.approx([word["weight"] for word in expected["evidence"]], abs=1e-5)
+    assert len(classify(long_text, top_k=None)) == 6 and len(classify(long_text)) == 5  # None: every label
     above = classify(long_text, top_k=None, threshold=0.5)
     assert all(entry["score"] >= 0.5 for entry in above)
     assert len(above) == int((probabilities >= 0.5).sum())
