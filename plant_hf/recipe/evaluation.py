@@ -202,7 +202,9 @@ def _tune_memory(
         )
     config.memory_weight, config.memory_description_weight = weight, description_weight
     if context.is_main:
-        logger.info(f"retrieval memory: weight {weight:g}, descriptions {description_weight:g} (tuned on dev)")
+        described = f", its descriptions {description_weight:g}" if description_scores is not None else ""
+        dropped = "; the model keeps no memory" if not weight and not description_weight else ""
+        logger.info(f"retrieval memory: weight {weight:g}{described} (tuned on dev){dropped}")
     if not weight and not description_weight:
         model.set_memory(None)
     return scores, description_scores
