@@ -7,7 +7,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-from .data.catalogue import LABEL_DESCRIPTIONS_FILE
+from .data.catalogue import LABEL_DESCRIPTIONS_FILE, read_label_descriptions
 from .files import PARTIAL_SUFFIX, write_json
 from .training.evaluation import HEADLINE_METRICS, metric_name, percent
 
@@ -155,14 +155,21 @@ def _memory_summary(memory: dict[str, Any] | None) -> str:
     """The retrieval memory as the card tells it (from the evaluation report, which tuned its weight)."""
     if not memory:
         return "none: the probabilities are the head's own"
-    if not memory["weight"]:
+    described = memory.get("description_weight") or 0.0
+    if not memory["weight"] and not described:
         return "built, but given weight 0 on dev: the probabilities are the head's own"
-    return (
+    summary = (
         f"{memory['entries']} documents' mean token states with their labels (memory.safetensors); the "
         f"{memory['top_k']} nearest to a document vote for their labels (softmax of the cosine similarity at "
         f"temperature {memory['temperature']:g}), mixed into the probabilities at weight {memory['weight']:g} (tuned "
         "on dev) by the model itself, in both pipelines"
     )
+    if described:
+        summary += (
+            f"; the {memory['descriptions']} labels without training documents are scored from their descriptions "
+            f"at weight {described:g}"
+        )
+    return summary
 
 
 def _lexical_summary(lexical: dict[str, Any] | None) -> str:
@@ -209,7 +216,7 @@ def write_model_card(folder: str | Path, report: dict[str, Any] | None = None, m
     # A run's model folder is `<run>/model`: its results are named after the run.
     name = None if model_id else (folder.resolve().parent.name if folder.name == "model" else folder.name)
     catalogue = folder / LABEL_DESCRIPTIONS_FILE
-    descriptions = json.loads(catalogue.read_text(encoding="utf-8")) if catalogue.is_file() else None
+    descriptions = read_label_descriptions(catalogue) if catalogue.is_file() else None
     info = TrainingInfo.load(folder)
     render_model_card(info, report, model_id=model_id or str(folder), model_name=name, descriptions=descriptions).save(
         path

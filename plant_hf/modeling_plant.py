@@ -766,7 +766,9 @@ class PlantDocumentMemory(nn.Module):
     def fuse(self, logits: torch.Tensor, queries: torch.Tensor, weight: float, description_weight: float = 0.0):
         """The logits of `(1 - d) [(1 - m) sigmoid(logits) + m memory] + d descriptions` (fp32), `m` the `weight`
         and `d` the `description_weight`."""
-        mixture = (1.0 - weight) * torch.sigmoid(logits.float()) + weight * self.scores(queries)
+        mixture = torch.sigmoid(logits.float())
+        if weight:
+            mixture = (1.0 - weight) * mixture + weight * self.scores(queries)
         if description_weight:
             mixture = (1.0 - description_weight) * mixture + description_weight * self.description_scores(queries)
         tiny = 1e-7  # the mixture's logit stays finite where both sides are 0 or 1

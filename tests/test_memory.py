@@ -101,6 +101,7 @@ def test_catalogue_labels_without_training_documents_are_scored_from_their_descr
     assert json.loads((tmp_path / "run" / "model" / "label_descriptions.json").read_text())["L9"] == "fever cough"
     card = (tmp_path / "run" / "model" / "README.md").read_text()
     assert "`L0` (abscess acne allergy) (" in card and "the 7 labels of the catalogue" in card
+    assert "the 3 labels without training documents are scored from their descriptions at weight" in card
     # The descriptions' weight is never 0: a catalogue label without training documents stays predictable.
     assert report["memory"]["descriptions"] == 3 and model.config.memory_description_weight >= 0.05
     assert sorted(report["memory"]["descriptions_dev"]) == sorted(report["memory"]["dev"])[1:]

@@ -194,7 +194,8 @@ def _tune_memory(
     weight, scores = tune_lexical_weight(truth, alone, remembered, metric)
     description_weight, description_scores = 0.0, None
     if model.memory.description_labels.numel():
-        mixed, described = predictions(weight, 0.0), predictions(0.0, 1.0)
+        mixed = predictions(weight, 0.0) if weight else alone
+        described = predictions(0.0, 1.0)
         # Not 0: with 0 a catalogue label without training documents could never be predicted, and the dev metric
         # over all labels weighs these few labels too little to ask for them.
         description_weight, description_scores = tune_lexical_weight(
