@@ -287,7 +287,7 @@ def test_a_corpus_edited_in_place_is_not_taken_for_the_one_a_run_read(workspace,
         ({"planting": "deep"}, {}, "--planting deep: choose one of contextual, static, both, none"),
         ({}, {"metric_for_best_model": "P@7"}, "--metric_for_best_model P@7: the dev evaluation reports loss, P@1"),
         ({}, {"unfreeze_schedule": "head=x"}, "Bad unfreeze schedule item 'head=x'"),
-        ({"lexical_weight_metric": "ndcg"}, {}, "--lexical_weight_metric ndcg: the dev evaluation reports P@1"),
+        ({"fusion_metric": "ndcg"}, {}, "--fusion_metric ndcg: the dev evaluation reports P@1"),
         ({"lexical_ngrams": 0}, {}, "--lexical_ngrams 0: it must be at least 1"),
         ({"max_chunks": 0, "eval_top_k": 0}, {}, "--max_chunks 0: .*; --eval_top_k 0"),  # all at once
     ],

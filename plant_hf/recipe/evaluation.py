@@ -4,9 +4,9 @@ tuned on dev, then the final model scored on the test split."""
 import dataclasses
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from transformers import TrainingArguments
@@ -24,18 +24,14 @@ from .data import RunContext
 from .finetuning import inference_inputs
 from .lexical import dev_held_out, train_channel
 from .memory import build_memory
+from .options import stage_options
 
 logger = logging.get_logger(__name__)
 
 
-@dataclass
+@stage_options("evaluation", "Evaluation", at_least={"eval_top_k": 1})
 class EvaluationArguments:
     """How the final model is scored."""
-
-    stage: ClassVar[str] = "evaluation"
-    _argument_group_name: ClassVar[str] = "Evaluation"
-    # The least value of each numeric option (None stays allowed where it is the default).
-    at_least: ClassVar[dict[str, int]] = {"eval_top_k": 1}
 
     eval_top_k: int = field(default=100, metadata={"help": "Predictions kept per document for the metrics."})
     threshold: float = field(
@@ -48,6 +44,22 @@ class EvaluationArguments:
             "own, for its F1; the others one shared threshold, for macro-F1. Saved in the model's config as "
             "`label_thresholds` (the pipeline's threshold='label'); the test F1 metrics use them. "
             "--tune_thresholds false: --threshold for all."
+        },
+    )
+    fusion_metric: str = field(
+        default="nDCG@5",
+        metadata={
+            "help": "Dev metric that picks the weights of the retrieval memory, of its label descriptions and of the "
+            "lexical channel (the least weight among equals). nDCG@5 weighs the order within the top 5, which "
+            "separates weights that P@5 on a few hundred dev documents scores alike."
+        },
+    )
+    join_held_out: bool = field(
+        default=True,
+        metadata={
+            "help": "Where the dev split was held out of the training split (the corpus has no dev split), its "
+            "documents join the saved memory, and the saved lexical channel is trained again with them, once the "
+            "weights and the thresholds are chosen: labels seen a handful of times gain their held-out examples."
         },
     )
 
@@ -71,7 +83,7 @@ def evaluate_stage(
     held_out_returned = (
         lexical is not None
         and bool(model.config.lexical_weight)
-        and context.args.lexical_with_held_out
+        and context.args.join_held_out
         and dev_held_out(context)
     )
     _save_memory(context, model, model_folder)
@@ -155,10 +167,9 @@ def _tune_on_dev(
     lexical: LexicalRanker | None,
     memory: PlantDocumentMemory | None,
 ) -> dict[str, dict[float, float] | None]:
-    """The memory's weight (by `--memory_weight_metric`; the memory is dropped at 0), the lexical channel's (by
-    `--lexical_weight_metric`, on the model's predictions with the memory) and then the per-label thresholds (on the
-    fused dev predictions), set in the model's config. Returns each weight's dev score, by channel (None for a
-    channel the run has not)."""
+    """The memory's weight (the memory is dropped at 0), then the lexical channel's (on the model's predictions with
+    the memory), each by `--fusion_metric`, and then the per-label thresholds (on the fused dev predictions), set in
+    the model's config. Returns each weight's dev score, by channel (None for a channel the run has not)."""
     args = context.args
     truth, _ = context.vocabulary.evaluation_targets(context.splits["dev"]["labels"])
     scores = {"memory": None, "descriptions": None, "lexical": None}
@@ -169,7 +180,7 @@ def _tune_on_dev(
     neural = split_predictions(context, model, "dev") if lexical is not None or args.tune_thresholds else None
     if lexical is not None:
         dev_lexical = lexical.top_k(context.splits["dev"]["text"])
-        metric = _selection(context, args.lexical_weight_metric)
+        metric = _selection(context, args.fusion_metric)
         model.config.lexical_weight, scores["lexical"] = tune_lexical_weight(truth, neural, dev_lexical, metric)
         if context.is_main:
             logger.info(f"lexical channel: weight {model.config.lexical_weight:g} (tuned on dev)")
@@ -182,9 +193,9 @@ def _tune_on_dev(
 def _tune_memory(
     context: RunContext, model: PlantForMultiLabelClassification, truth: Any
 ) -> tuple[dict[float, float], dict[float, float] | None]:
-    """The memory's weight, then its descriptions' (where it has any), each by `--memory_weight_metric` on the dev
+    """The memory's weight, then its descriptions' (where it has any), each by `--fusion_metric` on the dev
     predictions with the weights before it; the memory is dropped where both are 0. Returns each weight's score."""
-    config, metric = model.config, _selection(context, context.args.memory_weight_metric)
+    config, metric = model.config, _selection(context, context.args.fusion_metric)
 
     def predictions(memory_weight: float, description_weight: float) -> TopKPredictions:
         config.memory_weight, config.memory_description_weight = memory_weight, description_weight
@@ -223,10 +234,10 @@ def _selection(context: RunContext, name: str):
 
 
 def _save_memory(context: RunContext, model: PlantForMultiLabelClassification, model_folder: Path) -> None:
-    """Save the memory the model keeps (with the held-out dev documents where `--memory_with_held_out` returns them)
+    """Save the memory the model keeps (with the held-out dev documents where `--join_held_out` returns them)
     as the model folder's memory file, with the ids of its documents, or remove them where it keeps none."""
     splits = ("train",)
-    if model.memory is not None and context.args.memory_with_held_out and dev_held_out(context):
+    if model.memory is not None and context.args.join_held_out and dev_held_out(context):
         if context.is_main:
             logger.info(f"retrieval memory: the {len(context.splits['dev'])} held-out documents join it")
         model.set_memory(model.memory.joined(build_memory(context, model, ("dev",), descriptions=False)))

@@ -2,7 +2,7 @@
 `label_init` says, and fine-tuned with Trainer until the dev metric stops improving."""
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -33,6 +33,7 @@ from ..training.trainer import (
     training_summary,
 )
 from .data import RunContext, pad_token_id
+from .options import stage_options
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -45,14 +46,14 @@ FINETUNING_SUMMARY = "finetuning_summary.json"
 QLORA_MERGED = "the adapter merged into the backbone unquantised (--dtype), not the 4-bit backbone it trained on"
 
 
-@dataclass
+@stage_options(
+    "fine-tuning",
+    "Fine-tuning: the classifier",
+    at_least={"label_value_dim": 1, "inattention_k": 1, "label_block_size": 1, "lora_r": 1},
+)
 class FinetuningArguments:
     """The classifier's head and how its backbone takes part in fine-tuning (Trainer's options come alongside)."""
 
-    stage: ClassVar[str] = "fine-tuning"
-    _argument_group_name: ClassVar[str] = "Fine-tuning: the classifier"
-    # The least value of each numeric option (None stays allowed where it is the default).
-    at_least: ClassVar[dict[str, int]] = {"label_value_dim": 1, "inattention_k": 1, "label_block_size": 1, "lora_r": 1}
     # The options that are PlantConfig fields of the same name, handed to the classifier's config as they are.
     head_options: ClassVar[tuple[str, ...]] = ("context_gate", "label_value_dim", "inattention_k", "label_block_size")
 

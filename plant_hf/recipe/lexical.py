@@ -1,22 +1,18 @@
 """Stage 7 of the recipe: the lexical channel, TF-IDF linear classifiers on the whole text of the training documents,
 trained beside the neural model (its weight in the fused probabilities is tuned on dev by the evaluation stage)."""
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 from ..lexical import LEXICAL_FOLDER, SETTINGS_FILE, LexicalRanker
 from .data import RunContext
+from .options import stage_options
 
 
-@dataclass
+@stage_options("lexical", "Lexical channel", at_least={"lexical_ngrams": 1, "lexical_min_df": 1})
 class LexicalArguments:
     """The lexical channel: what it reads and how its classifiers learn."""
-
-    stage: ClassVar[str] = "lexical"
-    _argument_group_name: ClassVar[str] = "Lexical channel"
-    # The least value of each numeric option (None stays allowed where it is the default).
-    at_least: ClassVar[dict[str, int]] = {"lexical_ngrams": 1, "lexical_min_df": 1}
 
     lexical: bool = field(
         default=True,
@@ -42,21 +38,6 @@ class LexicalArguments:
     )
     lexical_c: float = field(
         default=10.0, metadata={"help": "Cost of the lexical classifiers' errors (liblinear's C; higher fits closer)."}
-    )
-    lexical_with_held_out: bool = field(
-        default=True,
-        metadata={
-            "help": "Where the dev split was held out of the training split (the corpus has no dev split) and the "
-            "run trains on all of it, train the saved channel again on the training and held-out documents once "
-            "its weight and the thresholds are chosen: labels seen a handful of times gain their held-out examples."
-        },
-    )
-    lexical_weight_metric: str = field(
-        default="nDCG@5",
-        metadata={
-            "help": "Dev metric that picks the channel's weight (the least weight among equals). nDCG@5 weighs the "
-            "order within the top 5, which separates weights that P@5 on a few hundred dev documents scores alike."
-        },
     )
 
 

@@ -3,9 +3,8 @@
 the model."""
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -19,18 +18,14 @@ from ..modeling_plant import MEMORY_FILE, PlantDocumentMemory, PlantForMultiLabe
 from ..training.trainer import XMCTrainer
 from .data import RunContext, pad_token_id
 from .finetuning import inference_inputs
+from .options import stage_options
 
 logger = logging.get_logger(__name__)
 
 
-@dataclass
+@stage_options("memory", "Retrieval memory", at_least={"memory_top_k": 1})
 class MemoryArguments:
     """The retrieval memory: the training documents nearest to a document vote for their labels."""
-
-    stage: ClassVar[str] = "memory"
-    _argument_group_name: ClassVar[str] = "Retrieval memory"
-    # The least value of each numeric option (None stays allowed where it is the default).
-    at_least: ClassVar[dict[str, int]] = {"memory_top_k": 1}
 
     memory: bool = field(
         default=True,
@@ -44,16 +39,6 @@ class MemoryArguments:
     memory_top_k: int = field(default=32, metadata={"help": "Training documents retrieved per document."})
     memory_temperature: float = field(
         default=0.05, metadata={"help": "Temperature of the softmax over the retrieved documents' cosine similarity."}
-    )
-    memory_with_held_out: bool = field(
-        default=True,
-        metadata={
-            "help": "Where the dev split was held out of the training split, its documents join the saved memory "
-            "once its weight and the thresholds are chosen."
-        },
-    )
-    memory_weight_metric: str = field(
-        default="nDCG@5", metadata={"help": "Dev metric that picks the memory's weight (the least among equals)."}
     )
 
 

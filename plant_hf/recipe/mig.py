@@ -1,25 +1,20 @@
 """Stage 2 of the recipe: the MIG table, which tokens are evidence for which label, from the training split only."""
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import field
 
 import numpy as np
 from transformers.utils import logging
 
 from ..planting import MIGTable, build_mig_table
 from .data import RunContext
+from .options import stage_options
 
 logger = logging.get_logger(__name__)
 
 
-@dataclass
+@stage_options("mig", "MIG table", at_least={"mig_top_k": 1, "mig_grades": 1})
 class MigArguments:
     """The token-label mutual information table that the ranker learns to rank by."""
-
-    stage: ClassVar[str] = "mig"
-    _argument_group_name: ClassVar[str] = "MIG table"
-    # The least value of each numeric option (None stays allowed where it is the default).
-    at_least: ClassVar[dict[str, int]] = {"mig_top_k": 1, "mig_grades": 1}
 
     mig_top_k: int = field(default=256, metadata={"help": "Tokens kept per label."})
     mig_grades: int = field(default=8, metadata={"help": "Relevance grades of the kept tokens (1..G)."})

@@ -3,9 +3,9 @@ grade (ApproxNDCG, with `transformers.Trainer`, so that accelerate, LoRA, checkp
 
 import math
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,25 +21,25 @@ from ..planting.transplant import RankerConfig, save_ranker
 from ..training.trainer import PlantTrainer, PlantTrainingArguments, last_complete_checkpoint, training_summary
 from .data import RunContext, pad_token_id
 from .finetuning import lora_config
+from .options import stage_options
 
 logger = logging.get_logger(__name__)
 
 
-@dataclass
-class RankerArguments:
-    """Which ranker plants the label attention, and how it is trained."""
-
-    stage: ClassVar[str] = "ranker"
-    _argument_group_name: ClassVar[str] = "Planting: the ranker"
-    # The least value of each numeric option (None stays allowed where it is the default).
-    at_least: ClassVar[dict[str, int]] = {
+@stage_options(
+    "ranker",
+    "Planting: the ranker",
+    at_least={
         "label_attention_dim": 1,
         "prior_rank": 1,
         "ranker_batch_size": 1,
         "ranker_max_labels": 1,
         "ranker_max_relevant": 1,
         "ranker_ndcg_k": 1,
-    }
+    },
+)
+class RankerArguments:
+    """Which ranker plants the label attention, and how it is trained."""
 
     planting: Literal["contextual", "static", "both", "none"] = field(
         default="contextual",
