@@ -73,8 +73,7 @@ def evaluate_stage(
     """Tune the weights of the retrieval `memory` and of the `lexical` channel (where there are) and the decision
     thresholds on dev, save them with the model, and score it on the test split (unseen labels count as misses):
     report, plot and predictions."""
-    folder = context.folder / "eval"
-    report_path = folder / "test_metrics.json"
+    report_path = context.folder / "eval" / "test_metrics.json"
     context.begin_stage("evaluation", report_path)
     if report_path.exists():
         return json.loads(report_path.read_text())
@@ -88,20 +87,8 @@ def evaluate_stage(
     )
     _save_memory(context, model, model_folder)
     lexical = _save_tuned(context, model, model_folder, lexical, held_out_returned)
-    threshold = np.asarray(model.config.label_thresholds) if context.args.tune_thresholds else None
     predictions = split_predictions(context, model, "test", lexical)
-    test = context.splits["test"]
-    truth, _ = context.vocabulary.evaluation_targets(test["labels"])
-    report = evaluate_predictions(
-        truth,
-        predictions,
-        context.vocabulary.counts,
-        context.vocabulary.num_documents,
-        threshold=context.args.threshold if threshold is None else threshold,
-    )
-    if threshold is not None:
-        fixed = threshold_metrics(as_truth_matrix(truth, len(context.vocabulary)), predictions, context.args.threshold)
-        report["fixed_threshold"] = {"threshold": context.args.threshold, **fixed}
+    report = _test_report(context, model, predictions)
     if lexical is not None:
         trained_on = "train and held-out dev" if held_out_returned else "train"
         report["lexical"] = {
@@ -110,36 +97,69 @@ def evaluate_stage(
             "trained on": trained_on,
         }
     if memory is not None:
-        report["memory"] = {
-            "weight": model.config.memory_weight,
-            "dev": dev_weights["memory"],
-            "description_weight": model.config.memory_description_weight,
-            "descriptions": model.config.memory_descriptions,
-            "descriptions_dev": dev_weights["descriptions"],
-            "entries": model.config.memory_size,
-            "top_k": model.config.memory_top_k,
-            "temperature": model.config.memory_temperature,
-        }
+        report["memory"] = _memory_report(model.config, dev_weights)
+    if context.is_main:
+        _write_test_outputs(context, report, predictions, report_path)
+    return report
+
+
+def _test_report(
+    context: RunContext, model: PlantForMultiLabelClassification, predictions: TopKPredictions
+) -> dict[str, Any]:
+    """The metrics of the test predictions, F1 at the tuned thresholds (and at `--threshold` beside them) or at
+    `--threshold`."""
+    tuned = np.asarray(model.config.label_thresholds) if context.args.tune_thresholds else None
+    test = context.splits["test"]
+    truth, _ = context.vocabulary.evaluation_targets(test["labels"])
+    report = evaluate_predictions(
+        truth,
+        predictions,
+        context.vocabulary.counts,
+        context.vocabulary.num_documents,
+        threshold=context.args.threshold if tuned is None else tuned,
+    )
+    if tuned is not None:
+        fixed = threshold_metrics(as_truth_matrix(truth, len(context.vocabulary)), predictions, context.args.threshold)
+        report["fixed_threshold"] = {"threshold": context.args.threshold, **fixed}
     report["meta"] = {
         "split": "test",
         "notes": context.notes,
         "unseen_labels": str(context.vocabulary.unseen(test["labels"], "test")),
     }
-    if context.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        labels = context.vocabulary.labels
-        write_predictions(
-            folder / "test_predictions.jsonl",
-            test["id"],
-            ([labels[i] for i in row if i >= 0] for row in predictions.indices),
-            (
-                [s for i, s in zip(row_i, row_s, strict=True) if i >= 0]
-                for row_i, row_s in zip(predictions.indices, predictions.scores, strict=True)
-            ),
-        )
-        plot_frequency_buckets(report, folder / "test_buckets.png", title="test metrics by label frequency")
-        write_report(report, report_path)
     return report
+
+
+def _memory_report(config: Any, dev_weights: dict[str, dict[float, float] | None]) -> dict[str, Any]:
+    """What the test report says of the retrieval memory: its tuned weights with their dev scores, and its size."""
+    return {
+        "weight": config.memory_weight,
+        "dev": dev_weights["memory"],
+        "description_weight": config.memory_description_weight,
+        "descriptions": config.memory_descriptions,
+        "descriptions_dev": dev_weights["descriptions"],
+        "entries": config.memory_size,
+        "top_k": config.memory_top_k,
+        "temperature": config.memory_temperature,
+    }
+
+
+def _write_test_outputs(
+    context: RunContext, report: dict[str, Any], predictions: TopKPredictions, report_path: Path
+) -> None:
+    """The test predictions (JSON lines), the bucket plot and, last, the report that marks the stage done."""
+    folder, labels, test = report_path.parent, context.vocabulary.labels, context.splits["test"]
+    folder.mkdir(parents=True, exist_ok=True)
+    write_predictions(
+        folder / "test_predictions.jsonl",
+        test["id"],
+        ([labels[i] for i in row if i >= 0] for row in predictions.indices),
+        (
+            [s for i, s in zip(row_i, row_s, strict=True) if i >= 0]
+            for row_i, row_s in zip(predictions.indices, predictions.scores, strict=True)
+        ),
+    )
+    plot_frequency_buckets(report, folder / "test_buckets.png", title="test metrics by label frequency")
+    write_report(report, report_path)
 
 
 def split_predictions(
