@@ -94,6 +94,22 @@ class PlantConfig(PreTrainedConfig):
             Weight `d` of the description scores, which reach the labels that no memory entry carries (labels of the
             catalogue never seen in training): the probabilities are `(1 - d) p + d p_descriptions`, `p` the mixture
             above. `plant-hf fit` tunes it on the dev split.
+        label_tree_nodes (`int`, *optional*, defaults to 0):
+            Nodes of the label tree (the root included) whose matcher shortlists the labels the head scores
+            (`PlantLabelMatcher`): leaf clusters of at most `label_tree_leaf_size` labels, `label_tree_arity`
+            children a node. 0: no tree; the head scores every label.
+        label_tree_arity (`int`, *optional*, defaults to 16):
+            Children of an inner node of the label tree.
+        label_tree_leaf_size (`int`, *optional*, defaults to 100):
+            Labels of a leaf cluster at the most.
+        shortlist_beam (`int`, *optional*, defaults to 10):
+            Leaf clusters the matcher's beam search keeps per document; their labels are the shortlist.
+        shortlist_min_labels (`int`, *optional*, defaults to 32768):
+            With a label tree, the head scores only the shortlist from this many labels on (below it every label,
+            which costs little there); the other labels get the least logit. `None`: always every label.
+        shortlist_negatives (`int`, *optional*, defaults to 32):
+            In shortlisted training, random labels added per document to its positives and the matcher's
+            shortlist (its hard negatives); the loss is the binary cross-entropy over those labels alone.
 
     Example:
 
@@ -135,6 +151,12 @@ class PlantConfig(PreTrainedConfig):
     memory_temperature: float = 0.05
     memory_weight: float = 0.0
     memory_description_weight: float = 0.0
+    label_tree_nodes: int = 0
+    label_tree_arity: int = 16
+    label_tree_leaf_size: int = 100
+    shortlist_beam: int = 10
+    shortlist_min_labels: int | None = 32768
+    shortlist_negatives: int = 32
 
     def __post_init__(self, **kwargs):
         num_labels = kwargs.get("num_labels")

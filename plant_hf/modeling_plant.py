@@ -782,6 +782,105 @@ MEMORY_FILE = "memory.safetensors"
 _EARLIER_HEAD_NAMES = {r"^label_attention\.value\.": "score.value_projection.", r"^label_attention\.": "score."}
 
 
+class PlantLabelMatcher(nn.Module):
+    """
+    A label tree with a linear classifier per node on the document's mean token state: the beam search down the
+    tree shortlists the labels that the head then scores, as XR-Transformer's matcher does.
+
+    The tree (node 0 is the root) is `node_children` `(nodes, arity)`, each node's child nodes, and `leaf_labels`
+    `(nodes, leaf_size)`, the labels of each leaf cluster, both padded with -1. Node `n` scores
+    `log sigmoid(e . node_weights[n] + node_bias[n])` for a document embedding `e`; a path's score is the sum over
+    its nodes (the probability-tree product), and the beam keeps the `beam` best paths at each depth.
+    """
+
+    def __init__(self, hidden_size: int, num_nodes: int, arity: int, leaf_size: int):
+        super().__init__()
+        self.node_weights = nn.Parameter(torch.zeros(num_nodes, hidden_size))
+        self.node_bias = nn.Parameter(torch.zeros(num_nodes))
+        self.register_buffer("node_children", torch.full((num_nodes, arity), -1, dtype=torch.long))
+        self.register_buffer("leaf_labels", torch.full((num_nodes, leaf_size), -1, dtype=torch.long))
+
+    @property
+    def depth(self) -> int:
+        """Steps from the root down to the deepest leaf."""
+        frontier, steps = torch.zeros(1, dtype=torch.long, device=self.node_children.device), 0
+        while True:
+            below = self.node_children[frontier]
+            below = below[below >= 0]
+            if below.numel() == 0:
+                return steps
+            frontier, steps = below, steps + 1
+
+    def set_tree(self, children: torch.Tensor, leaf_labels: torch.Tensor) -> None:
+        """Install a tree of this matcher's node count (its classifiers keep their values)."""
+        if children.shape[0] != self.node_children.shape[0] or leaf_labels.shape[0] != self.leaf_labels.shape[0]:
+            raise ValueError(
+                f"A tree of {children.shape[0]} nodes does not fit a matcher of {self.node_children.shape[0]} nodes."
+            )
+        self.node_children = children.to(self.node_children.device, torch.long)
+        self.leaf_labels = leaf_labels.to(self.leaf_labels.device, torch.long)
+
+    def node_log_probs(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """`log sigmoid` of every node's classifier, `(batch, nodes)` in fp32 (the root's is 0)."""
+        with torch.autocast(embeddings.device.type, enabled=False):
+            logits = embeddings.float() @ self.node_weights.float().T + self.node_bias.float()
+        return F.logsigmoid(logits).index_fill(1, torch.zeros(1, dtype=torch.long, device=logits.device), 0.0)
+
+    @torch.no_grad()
+    def beam_search(self, embeddings: torch.Tensor, beam: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `beam` best leaf clusters of each document, `(batch, beam)` node ids (-1: fewer leaves), with their
+        path scores. A leaf reached above the deepest level stays in the beam with its score."""
+        log_probs = self.node_log_probs(embeddings)
+        batch = embeddings.shape[0]
+        nodes = torch.zeros(batch, 1, dtype=torch.long, device=embeddings.device)
+        scores = torch.zeros(batch, 1, device=embeddings.device)
+        for _ in range(self.depth):
+            below = self.node_children[nodes.clamp(min=0)]  # (batch, beam, arity)
+            leaf = below[..., 0] < 0
+            below = torch.where(leaf.unsqueeze(-1), torch.full_like(below, -1), below)
+            below[..., 0] = torch.where(leaf, nodes, below[..., 0])
+            gained = torch.where(
+                leaf.unsqueeze(-1), 0.0, log_probs.gather(1, below.clamp(min=0).flatten(1)).view_as(below)
+            )
+            candidates = (scores.unsqueeze(-1) + gained).masked_fill(below < 0, float("-inf")).flatten(1)
+            scores, best = candidates.topk(min(beam, candidates.shape[1]), dim=1)
+            nodes = below.flatten(1).gather(1, best).masked_fill(~torch.isfinite(scores), -1)
+        return nodes, scores
+
+    def shortlist(self, embeddings: torch.Tensor, beam: int) -> torch.Tensor:
+        """The labels of each document's `beam` best leaf clusters, `(batch, beam x leaf_size)`, -1 padded."""
+        nodes, _ = self.beam_search(embeddings, beam)
+        labels = self.leaf_labels[nodes.clamp(min=0)].masked_fill((nodes < 0).unsqueeze(-1), -1)
+        return labels.flatten(1)
+
+    def node_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """Each node's target for multi-hot `labels` `(batch, num_labels)`: whether any label below it is one."""
+        targets = torch.zeros(labels.shape[0], self.node_children.shape[0], device=labels.device)
+        leaf_hits = labels.float().gather(1, self.leaf_labels.clamp(min=0).flatten().expand(labels.shape[0], -1))
+        leaf_hits = leaf_hits.view(labels.shape[0], *self.leaf_labels.shape).masked_fill(self.leaf_labels < 0, 0)
+        targets = leaf_hits.amax(-1)
+        for _ in range(self.depth):  # a parent is positive where a child is
+            below = targets.gather(1, self.node_children.clamp(min=0).flatten().expand(labels.shape[0], -1))
+            below = below.view(labels.shape[0], *self.node_children.shape).masked_fill(self.node_children < 0, 0)
+            targets = torch.maximum(targets, below.amax(-1))
+        return targets
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The probabilistic label tree's loss: each node's binary cross-entropy on the documents whose parent
+        node is positive (every document for the root's children), averaged over those pairs."""
+        targets = self.node_targets(labels)
+        parents = torch.full((self.node_children.shape[0],), -1, dtype=torch.long, device=labels.device)
+        kids = self.node_children.flatten()
+        parents[kids[kids >= 0]] = torch.arange(self.node_children.shape[0], device=labels.device).repeat_interleave(
+            self.node_children.shape[1]
+        )[kids >= 0]
+        counted = targets[:, parents.clamp(min=0)].masked_fill((parents < 0).unsqueeze(0), 0.0)
+        with torch.autocast(embeddings.device.type, enabled=False):
+            logits = embeddings.float() @ self.node_weights.float().T + self.node_bias.float()
+        losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        return (losses * counted).sum() / counted.sum().clamp(min=1.0)
+
+
 class PlantPreTrainedModel(PreTrainedModel):
     config: PlantConfig
     config_class = PlantConfig
@@ -791,8 +890,8 @@ class PlantPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
-    _keep_in_fp32_modules = ["score"]
-    _keep_in_fp32_modules_strict = ["score"]
+    _keep_in_fp32_modules = ["score", "matcher"]
+    _keep_in_fp32_modules_strict = ["score", "matcher"]
     # Heads and poolers of the checkpoints a backbone may come from.
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^score\.", r"^classifier\.", r"^cls\.", r"pooler\."]
     # The loss is a mean over documents and labels: Trainer must not rescale it by token counts.
@@ -824,6 +923,9 @@ class PlantPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        if isinstance(module, PlantLabelMatcher):
+            init.zeros_(module.node_weights)
+            init.zeros_(module.node_bias)
         if isinstance(module, PlantLabelAttention):
             init.normal_(module.label_queries, mean=0.0, std=self.config.initializer_range)
             init.normal_(module.label_weights, mean=0.0, std=self.config.initializer_range)
@@ -877,6 +979,14 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             context_gate=config.context_gate,
         )
         self.memory: PlantDocumentMemory | None = None  # from_pretrained loads it from MEMORY_FILE
+        self.matcher = None
+        if config.label_tree_nodes:
+            self.matcher = PlantLabelMatcher(
+                config.text_config.hidden_size,
+                config.label_tree_nodes,
+                config.label_tree_arity,
+                config.label_tree_leaf_size,
+            )
         self.post_init()
         _register_with_peft()
 
@@ -1050,31 +1160,93 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
                 raise ValueError(f"{name} hold NaN or infinite values: the head would turn them into NaN logits.")
         weights = (self.config.memory_weight, self.config.memory_description_weight)
         remember = self.memory is not None and max(weights) > 0
-        if token_states is not None:
+        targets = None if labels is None else self._targets(labels)
+        keep_sums = remember or (targets is not None and self.matcher is not None)
+        shortlist = None
+        if self.shortlisting:
+            flat = self._states(input_ids, attention_mask, token_type_ids, inputs_embeds, token_states)
+            sums = masked_state_sums(flat.hidden_states, flat.attention_mask)
+            logits, shortlist = self._shortlisted_logits(flat, mean_token_states(*sums), targets)
+            states, maps = flat.hidden_states, None
+        elif token_states is not None:
             mask = self._states_mask(token_states, attention_mask)
             logits, maps = self._attend_to_states(token_states, mask, input_ids, bool(output_attentions))
-            states, sums = token_states, masked_state_sums(token_states, mask) if remember else None
+            states, sums = token_states, masked_state_sums(token_states, mask) if keep_sums else None
         else:
             chunks = self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds)
             logits, maps, states, sums = self._attend_to_chunks(
-                chunks, bool(output_attentions), bool(output_hidden_states), remember
+                chunks, bool(output_attentions), bool(output_hidden_states), keep_sums
             )
             maps = None if maps is None else chunks.to_input_layout(maps)
+        embeddings = None if sums is None else mean_token_states(*sums)
         if remember:
-            logits = self.memory.fuse(logits, mean_token_states(*sums), *weights)
+            logits = self.memory.fuse(logits, embeddings, *weights)
         loss = None
-        if labels is not None:
-            if tuple(labels.shape) != tuple(logits.shape):
-                raise ValueError(
-                    f"labels must be multi-hot of shape (batch_size, num_labels) = {tuple(logits.shape)}, "
-                    f"got {tuple(labels.shape)}."
+        if targets is not None:
+            if shortlist is None:
+                loss = F.binary_cross_entropy_with_logits(logits.float(), targets.to(logits.device))
+            else:  # the positives, the matcher's hard negatives and a few random labels
+                scored = shortlist >= 0
+                chosen = shortlist.clamp(min=0)
+                losses = F.binary_cross_entropy_with_logits(
+                    logits.float().gather(1, chosen), targets.to(logits.device).gather(1, chosen), reduction="none"
                 )
-            targets = labels.to(logits.device, torch.float32)
-            if not bool(((targets >= 0) & (targets <= 1)).all()):  # NaN fails both comparisons
-                raise ValueError("labels must be targets in [0, 1] (multi-hot, or soft), without NaN.")
-            loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+                loss = (losses * scored).sum() / scored.sum().clamp(min=1)
+            if self.matcher is not None:
+                loss = loss + self.matcher.loss(embeddings, targets.to(embeddings.device))
         hidden_states = (states,) if output_hidden_states else None
         return PlantOutput(loss=loss, logits=logits, hidden_states=hidden_states, label_attentions=maps)
+
+    @property
+    def shortlisting(self) -> bool:
+        """Whether the head scores only the matcher's shortlist: with a label tree, from `shortlist_min_labels`
+        labels on."""
+        least = self.config.shortlist_min_labels
+        return self.matcher is not None and least is not None and self.config.num_labels >= least
+
+    def _targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """`labels` checked as multi-hot (or soft) targets of every label, in fp32."""
+        expected = (labels.shape[0], self.config.num_labels)
+        if labels.dim() != 2 or tuple(labels.shape) != expected:
+            raise ValueError(
+                f"labels must be multi-hot of shape (batch_size, num_labels) = {expected}, got {tuple(labels.shape)}."
+            )
+        targets = labels.to(torch.float32)
+        if not bool(((targets >= 0) & (targets <= 1)).all()):  # NaN fails both comparisons
+            raise ValueError("labels must be targets in [0, 1] (multi-hot, or soft), without NaN.")
+        return targets
+
+    def _states(self, input_ids, attention_mask, token_type_ids, inputs_embeds, token_states) -> PlantTokenStates:
+        """The token states the head reads, per document: the given ones, or the backbone's over all chunks."""
+        if token_states is None:
+            return self._flat_states(self._chunk(input_ids, attention_mask, token_type_ids, inputs_embeds))
+        mask = self._states_mask(token_states, attention_mask)
+        return PlantTokenStates(hidden_states=token_states, attention_mask=mask, input_ids=input_ids)
+
+    def _shortlisted_logits(
+        self, states: PlantTokenStates, embeddings: torch.Tensor, targets: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of the shortlisted labels (the others get the least logit) and the shortlist `(batch, labels)`,
+        -1 padded. In training the shortlist also holds each document's positives and `shortlist_negatives` random
+        labels."""
+        shortlist = self.matcher.shortlist(embeddings, self.config.shortlist_beam)
+        if targets is not None:
+            positive = targets > 0
+            values, positives = positive.float().topk(max(int(positive.sum(1).max()), 1), dim=1)
+            random = torch.randint(
+                0, self.config.num_labels, (targets.shape[0], self.config.shortlist_negatives), device=targets.device
+            )
+            shortlist = torch.cat([shortlist, positives.masked_fill(values <= 0, -1), random], dim=1)
+        shortlist = _distinct(shortlist)
+        chosen = shortlist.clamp(min=0)
+        contexts = self.score.label_contexts(
+            self.dropout(states.hidden_states), states.attention_mask, chosen, states.input_ids
+        )
+        scores = torch.einsum("bmv,bmv->bm", contexts, self.score.label_weights.float()[chosen])
+        scores = scores + self.score.label_bias.float()[chosen]
+        logits = scores.new_full((scores.shape[0], self.config.num_labels + 1), torch.finfo(scores.dtype).min)
+        padded = shortlist.masked_fill(shortlist < 0, self.config.num_labels)  # the spare column takes the padding
+        return logits.scatter(1, padded, scores)[:, :-1], shortlist
 
     def _attend_to_chunks(
         self, chunks: DocumentChunks, keep_maps: bool, keep_states: bool, keep_sums: bool
@@ -1250,3 +1422,11 @@ __all__ = [
     "chunk_special_ids",
     "document_pieces",
 ]
+
+
+def _distinct(ids: torch.Tensor) -> torch.Tensor:
+    """Each row's ids sorted, with repeats and padding set to -1."""
+    ordered = ids.sort(dim=1).values
+    repeated = torch.zeros_like(ordered, dtype=torch.bool)
+    repeated[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    return ordered.masked_fill(repeated | (ordered < 0), -1)

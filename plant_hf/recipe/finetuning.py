@@ -104,7 +104,8 @@ class FinetuningArguments:
 
 def lora_config(args: Any, with_head: bool = True) -> "LoraConfig":
     """The run's LoRA adapter: every linear layer of the backbone, or the named ones. `with_head` keeps the head
-    (`score`) out of the targets and trains it whole, saved with the adapter, as PEFT does for any classifier."""
+    (`score`, and the label tree's `matcher` where there is one) out of the targets and trains it whole, saved with
+    the adapter, as PEFT does for any classifier."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -112,7 +113,7 @@ def lora_config(args: Any, with_head: bool = True) -> "LoraConfig":
         lora_alpha=args.lora_alpha or 2 * args.lora_r,
         lora_dropout=args.lora_dropout,
         target_modules=args.lora_target_modules or "all-linear",
-        modules_to_save=["score"] if with_head else None,
+        modules_to_save=["score", "matcher"] if with_head else None,
         bias="none",
     )
 

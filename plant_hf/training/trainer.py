@@ -26,15 +26,19 @@ logger = logging.get_logger(__name__)
 
 # The three parts of a PLANT classifier that the recipe trains at their own rates and unfreezes in turn.
 PARAMETER_GROUPS = ("head", "attention", "backbone")
-_HEAD = re.compile(r"(^|\.)score\.")
+_HEAD = re.compile(r"(^|\.)(score|matcher)\.")
 
 
 def parameter_group(name: str) -> str:
-    """The recipe group of a parameter, by its (possibly PEFT-wrapped) name: the head's output weights and biases,
-    the planted attention (everything else of the label attention), or the backbone."""
-    if not _HEAD.search(name):
+    """The recipe group of a parameter, by its (possibly PEFT-wrapped) name: the head's output weights and biases
+    (and the label tree's matcher), the planted attention (everything else of the label attention), or the
+    backbone."""
+    head = _HEAD.search(name)
+    if head is None:
         return "backbone"
-    return "head" if name.rsplit(".", 1)[-1] in ("label_weights", "label_bias") else "attention"
+    if head.group(2) == "matcher" or name.rsplit(".", 1)[-1] in ("label_weights", "label_bias"):
+        return "head"
+    return "attention"
 
 
 def parse_unfreeze_schedule(schedule: str | None) -> dict[str, float]:

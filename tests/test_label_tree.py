@@ -1,0 +1,177 @@
+"""The label tree: its matcher's beam search, shortlisted scoring, training and saving."""
+
+import json
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from conftest import random_ids, run_without_plant_hf, tiny_model
+
+# Root 0 -> inner nodes 1, 2 -> leaf clusters 3, 4 (under 1) and 5, 6 (under 2), three labels each.
+CHILDREN = torch.tensor([[1, 2], [3, 4], [5, 6], [-1, -1], [-1, -1], [-1, -1], [-1, -1]])
+LEAF_LABELS = torch.tensor([[-1] * 3, [-1] * 3, [-1] * 3, [0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]])
+TREE = dict(label_tree_nodes=7, label_tree_arity=2, label_tree_leaf_size=3)
+
+
+def treed_model(shortlist_min_labels: int | None = 1, **head_kwargs):
+    model = tiny_model("bert", num_labels=12, shortlist_beam=2, shortlist_min_labels=shortlist_min_labels,
+                       **TREE, **head_kwargs)  # fmt: skip
+    model.matcher.set_tree(CHILDREN, LEAF_LABELS)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.matcher.node_weights.normal_()
+        model.matcher.node_bias.normal_()
+        model.score.label_weights.normal_()
+    return model
+
+
+def test_the_beam_search_keeps_the_best_paths_at_each_depth():
+    model = treed_model()
+    embeddings = F.normalize(torch.randn(5, model.matcher.node_weights.shape[1]), dim=-1)
+    log_probs = F.logsigmoid(embeddings @ model.matcher.node_weights.T + model.matcher.node_bias)
+    nodes, scores = model.matcher.beam_search(embeddings, beam=2)
+    for row in range(5):
+        p = log_probs[row]
+        # Depth 1 keeps both inner nodes (beam 2); depth 2 keeps the two best of the four leaf paths.
+        paths = {leaf: p[parent] + p[leaf] for parent, leaf in [(1, 3), (1, 4), (2, 5), (2, 6)]}
+        best = sorted(paths, key=lambda leaf: -paths[leaf])[:2]
+        assert nodes[row].tolist() == best
+        assert scores[row].tolist() == pytest.approx([paths[leaf].item() for leaf in best], abs=1e-5)
+    # With beam 1 the search commits to the better inner node first, whatever the leaves below the other.
+    nodes, _ = model.matcher.beam_search(embeddings, beam=1)
+    for row in range(5):
+        inner = 1 if log_probs[row, 1] >= log_probs[row, 2] else 2
+        assert nodes[row].item() in {1: (3, 4), 2: (5, 6)}[inner]
+
+
+def test_a_leaf_above_the_deepest_level_stays_in_the_beam():
+    # Root -> leaf 1 (labels 0, 1) and inner node 2 -> leaves 3, 4.
+    model = tiny_model("bert", num_labels=6, label_tree_nodes=5, label_tree_arity=2, label_tree_leaf_size=2)
+    model.matcher.set_tree(
+        torch.tensor([[1, 2], [-1, -1], [3, 4], [-1, -1], [-1, -1]]),
+        torch.tensor([[-1, -1], [0, 1], [-1, -1], [2, 3], [4, 5]]),
+    )
+    with torch.no_grad():
+        model.matcher.node_bias.copy_(torch.tensor([0.0, 3.0, 0.0, 1.0, -2.0]))
+    embeddings = torch.zeros(1, model.matcher.node_weights.shape[1])
+    nodes, scores = model.matcher.beam_search(embeddings, beam=2)
+    expected = {
+        1: F.logsigmoid(torch.tensor(3.0)),
+        3: F.logsigmoid(torch.tensor(0.0)) + F.logsigmoid(torch.tensor(1.0)),
+    }
+    assert nodes[0].tolist() == [1, 3]
+    assert scores[0].tolist() == pytest.approx([expected[1].item(), expected[3].item()], abs=1e-6)
+    assert model.matcher.shortlist(embeddings, beam=2).tolist() == [[0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize("head", [{}, {"context_gate": True}, {"inattention_k": 3}])
+def test_shortlisted_logits_equal_the_full_heads_on_the_shortlist(head):
+    model = treed_model(**head)
+    if "context_gate" in head:
+        torch.nn.init.normal_(model.score.label_context_gate)
+    ids = random_ids(3, 40)
+    shortlisted = model(input_ids=ids).logits
+    model.config.shortlist_min_labels = None
+    full = model(input_ids=ids).logits
+    model.config.shortlist_min_labels = 1
+    with torch.no_grad():
+        embeddings = model.document_embeddings(input_ids=ids)
+    shortlist = model.matcher.shortlist(embeddings, beam=2)
+    for row in range(3):
+        listed = shortlist[row][shortlist[row] >= 0]
+        assert len(listed) == 6
+        torch.testing.assert_close(shortlisted[row, listed], full[row, listed], atol=1e-5, rtol=1e-5)
+        others = torch.ones(12, dtype=torch.bool)
+        others[listed] = False
+        assert (shortlisted[row, others] == torch.finfo(torch.float32).min).all()
+        assert (torch.sigmoid(shortlisted[row, others]) == 0).all()
+
+
+def test_node_targets_mark_the_paths_to_each_positive_label():
+    model = treed_model()
+    labels = torch.zeros(2, 12)
+    labels[0, 1] = 1  # leaf 3 under node 1
+    labels[1, [7, 10]] = 1  # leaves 5 and 6 under node 2
+    assert model.matcher.node_targets(labels).tolist() == [
+        [1, 1, 0, 1, 0, 0, 0],
+        [1, 0, 1, 0, 0, 1, 1],
+    ]
+
+
+def test_the_matcher_loss_counts_a_node_only_under_a_positive_parent():
+    model = treed_model()
+    embeddings = F.normalize(torch.randn(1, model.matcher.node_weights.shape[1]), dim=-1)
+    labels = torch.zeros(1, 12)
+    labels[0, 4] = 1  # leaf 4: nodes 1 and 4 positive; counted: 1, 2 (root's children) and 3, 4 (under 1)
+    logits = (embeddings @ model.matcher.node_weights.T + model.matcher.node_bias)[0]
+    by_hand = [F.binary_cross_entropy_with_logits(logits[n], torch.tensor(t)) for n, t in
+               [(1, 1.0), (2, 0.0), (3, 0.0), (4, 1.0)]]  # fmt: skip
+    torch.testing.assert_close(model.matcher.loss(embeddings, labels), torch.stack(by_hand).mean())
+
+
+def test_shortlisted_training_scores_positives_hard_and_random_negatives_only():
+    model = treed_model(shortlist_negatives=2)  # eval: no dropout, so that the embeddings match
+    ids = random_ids(2, 30)
+    labels = torch.zeros(2, 12)
+    labels[0, 0] = labels[1, 11] = 1
+    torch.manual_seed(0)
+    output = model(input_ids=ids, labels=labels)
+    assert torch.isfinite(output.loss)
+    output.loss.backward()
+    touched = model.score.label_weights.grad.abs().sum(1) > 0
+    assert touched[0] and touched[11]  # each positive is scored, wherever the matcher looked
+    assert model.matcher.node_weights.grad.abs().sum() > 0
+    # The loss is the mean binary cross-entropy over the scored labels, plus the matcher's.
+    scored = (output.logits > torch.finfo(torch.float32).min).float()
+    by_hand = (F.binary_cross_entropy_with_logits(output.logits, labels, reduction="none") * scored).sum()
+    with torch.no_grad():
+        embeddings = model.document_embeddings(input_ids=ids)
+    expected = by_hand / scored.sum() + model.matcher.loss(embeddings, labels)
+    torch.testing.assert_close(output.loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_below_the_shortlist_label_count_the_head_scores_every_label_and_still_trains_the_matcher():
+    model = treed_model(shortlist_min_labels=13)
+    assert not model.shortlisting
+    labels = torch.zeros(2, 12)
+    labels[:, 3] = 1
+    output = model(input_ids=random_ids(2, 30), labels=labels)
+    assert (output.logits > torch.finfo(torch.float32).min).all()
+    output.loss.backward()
+    assert model.matcher.node_weights.grad.abs().sum() > 0
+    assert (model.score.label_weights.grad.abs().sum(1) > 0).all()
+
+
+def test_a_tree_of_another_size_is_refused():
+    model = treed_model()
+    with pytest.raises(ValueError, match="A tree of 5 nodes does not fit a matcher of 7 nodes"):
+        model.matcher.set_tree(CHILDREN[:5], LEAF_LABELS[:5])
+
+
+def test_a_saved_tree_reloads_and_predicts_identically_also_through_remote_code(tmp_path):
+    from plant_hf import PlantForMultiLabelClassification
+
+    model = treed_model()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    reloaded = PlantForMultiLabelClassification.from_pretrained(folder).eval()
+    assert torch.equal(reloaded.matcher.node_children, CHILDREN)
+    assert torch.equal(reloaded.matcher.leaf_labels, LEAF_LABELS)
+    ids = random_ids(2, 25)
+    expected = model(input_ids=ids).logits
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, expected)
+    result = run_without_plant_hf(
+        f"""
+        import json, torch
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        assert type(model.matcher).__name__ == "PlantLabelMatcher" and model.shortlisting
+        with torch.no_grad():
+            print(json.dumps(model(input_ids=torch.tensor({ids.tolist()!r})).logits.tolist()))
+        """,
+        tmp_path,
+    )
+    remote = torch.tensor(json.loads(result.stdout.strip().splitlines()[-1]))
+    torch.testing.assert_close(remote, expected)
