@@ -1086,6 +1086,24 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         else:
             self.config.memory_weight = self.config.memory_description_weight = 0.0
 
+    def set_label_tree(
+        self, children: torch.Tensor, leaf_labels: torch.Tensor, node_weights: torch.Tensor | None = None
+    ) -> None:
+        """Give the model a label tree (`PlantLabelMatcher`'s tables, as `plant_hf.label_tree.tree_tables` makes
+        them) and a fresh matcher over it, its node classifiers started at `node_weights` (e.g. the nodes' PIFA
+        centroids, scaled) or at zero; the config records the tree's shape."""
+        labels = leaf_labels[leaf_labels >= 0].sort().values
+        if not torch.equal(labels.cpu(), torch.arange(self.config.num_labels)):
+            raise ValueError(f"The label tree must hold each of this model's {self.config.num_labels} labels once.")
+        self.config.label_tree_nodes, self.config.label_tree_arity = children.shape
+        self.config.label_tree_leaf_size = leaf_labels.shape[1]
+        device = self.score.label_bias.device
+        self.matcher = PlantLabelMatcher(self.config.text_config.hidden_size, *children.shape, leaf_labels.shape[1])
+        self.matcher.to(device).set_tree(children, leaf_labels)
+        if node_weights is not None:
+            with torch.no_grad():
+                self.matcher.node_weights.copy_(node_weights)
+
     @torch.no_grad()
     def document_embeddings(
         self,

@@ -2,9 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
+
+from plant_hf.label_tree import build_label_tree, document_features, pifa_node_weights, tree_tables
 
 from conftest import random_ids, run_without_plant_hf, tiny_model
 
@@ -175,3 +178,74 @@ def test_a_saved_tree_reloads_and_predicts_identically_also_through_remote_code(
     )
     remote = torch.tensor(json.loads(result.stdout.strip().splitlines()[-1]))
     torch.testing.assert_close(remote, expected)
+
+
+def clustered_corpus(num_labels: int = 40, documents: int = 400, seed: int = 0):
+    """Documents of one topic each, carrying two labels of that topic, whose features are its topic vector plus
+    noise: the labels of a topic belong together (label l is of topic l mod 4)."""
+    generator = np.random.default_rng(seed)
+    topics = generator.normal(size=(4, 16))
+    label_topic = np.arange(num_labels) % 4
+    label_ids, embeddings = [], []
+    for _ in range(documents):
+        topic = int(generator.integers(4))
+        label_ids.append(sorted({topic + 4 * int(generator.integers(num_labels // 4)) for _ in range(2)}))
+        embeddings.append(topics[topic] + 0.1 * generator.normal(size=16))
+    return np.stack(embeddings).astype(np.float32), label_ids, label_topic
+
+
+def test_tree_building_is_balanced_and_deterministic_with_a_seed():
+    embeddings, label_ids, label_topic = clustered_corpus()
+    features = document_features(embeddings)
+    first = build_label_tree(features, label_ids, 40, arity=2, leaf_size=10, seed=3)
+    assert build_label_tree(features, label_ids, 40, arity=2, leaf_size=10, seed=3) == first
+    children, leaf_labels = tree_tables(first, 40)
+    sizes = sorted((leaf_labels >= 0).sum(1)[(leaf_labels >= 0).any(1)].tolist())
+    assert sizes == [10, 10, 10, 10]  # 40 labels, binary splits of equal halves down to 10
+    # Labels of one topic share their documents' features: the clusters follow the topics.
+    for row in leaf_labels[(leaf_labels >= 0).any(1)]:
+        assert len(set(label_topic[row[row >= 0].numpy()])) == 1
+    assert children.shape == (7, 2) and (children[0] == torch.tensor([1, 2])).all()
+
+
+def test_labels_without_training_documents_still_get_a_leaf():
+    embeddings, label_ids, _ = clustered_corpus(num_labels=40)
+    label_ids = [[label for label in labels if label < 30] or [0] for labels in label_ids]
+    _, leaf_labels = tree_tables(build_label_tree(document_features(embeddings), label_ids, 40, 2, 10), 40)
+    assert sorted(leaf_labels[leaf_labels >= 0].tolist()) == list(range(40))
+
+
+def test_tree_tables_refuse_a_tree_that_misses_or_repeats_labels():
+    structure = [(-1, 0, -1), (0, 1, -1), (0, 2, -1), (1, 3, 0), (1, 4, 1), (2, 5, 1)]
+    with pytest.raises(ValueError, match="each of the 3 labels once; it holds 3 labels, 2 of them distinct"):
+        tree_tables(structure, 3)
+    with pytest.raises(ValueError, match="one root; this one has 2"):
+        tree_tables([(-1, 0, -1), (-1, 1, -1)], 1)
+    children, leaf_labels = tree_tables([*structure[:5], (2, 5, 2)], 3)
+    assert children.tolist() == [[1, 2], [-1, -1], [-1, -1]]
+    assert leaf_labels.tolist() == [[-1, -1], [0, 1], [2, -1]]
+
+
+def test_pifa_centroids_sum_each_document_once_per_node():
+    embeddings = torch.eye(4)
+    # Document 0 carries labels 0 and 1 (both under node 3), document 1 label 6, document 2 labels 0 and 9.
+    label_ids = [[0, 1], [6], [0, 9]]
+    weights = pifa_node_weights(embeddings[:3], label_ids, CHILDREN, LEAF_LABELS)
+    assert weights[3].tolist() == pytest.approx((torch.tensor([1.0, 0, 1, 0]) / 2**0.5).tolist())
+    assert weights[1].tolist() == pytest.approx((torch.tensor([1.0, 0, 1, 0]) / 2**0.5).tolist())
+    assert weights[2].tolist() == pytest.approx((torch.tensor([0, 1.0, 1, 0]) / 2**0.5).tolist())
+    assert weights[4].tolist() == [0.0] * 4
+
+
+def test_a_tree_must_hold_every_label_of_the_model():
+    model = tiny_model("bert", num_labels=13)
+    with pytest.raises(ValueError, match="each of this model's 13 labels once"):
+        model.set_label_tree(CHILDREN, LEAF_LABELS)
+    model = tiny_model("bert", num_labels=12)
+    model.set_label_tree(CHILDREN, LEAF_LABELS, node_weights=torch.ones(7, model.config.text_config.hidden_size))
+    assert (model.config.label_tree_nodes, model.config.label_tree_arity, model.config.label_tree_leaf_size) == (
+        7,
+        2,
+        3,
+    )
+    assert (model.matcher.node_weights == 1).all()
