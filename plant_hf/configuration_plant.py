@@ -103,7 +103,9 @@ class PlantConfig(PreTrainedConfig):
         label_tree_leaf_size (`int`, *optional*, defaults to 100):
             Labels of a leaf cluster at the most.
         shortlist_beam (`int`, *optional*, defaults to 10):
-            Leaf clusters the matcher's beam search keeps per document; their labels are the shortlist.
+            Leaf clusters the matcher's beam search keeps per document; their labels, with the labels of the
+            training documents the retrieval memory finds nearest (where the model has a memory), are the
+            shortlist.
         shortlist_min_labels (`int`, *optional*, defaults to 32768):
             With a label tree, the head scores only the shortlist from this many labels on (below it every label,
             which costs little there); the other labels get the least logit. `None`: always every label.

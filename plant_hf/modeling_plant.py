@@ -1245,9 +1245,13 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         self, states: PlantTokenStates, embeddings: torch.Tensor, targets: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of the shortlisted labels (the others get the least logit) and the shortlist `(batch, labels)`,
-        -1 padded. In training the shortlist also holds each document's positives and `shortlist_negatives` random
-        labels."""
+        -1 padded: the labels of the matcher's beam and those of the memory's retrieved entries (where the model has
+        a memory). In training it also holds each document's positives and `shortlist_negatives` random labels."""
         shortlist = self.matcher.shortlist(embeddings, self.config.shortlist_beam)
+        if self.memory is not None and len(self.memory):
+            remembered = self.memory.scores(embeddings)
+            values, retrieved = remembered.topk(max(int((remembered > 0).sum(1).max()), 1), dim=1)
+            shortlist = torch.cat([shortlist, retrieved.masked_fill(values <= 0, -1)], dim=1)
         if targets is not None:
             positive = targets > 0
             values, positives = positive.float().topk(max(int(positive.sum(1).max()), 1), dim=1)

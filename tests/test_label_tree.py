@@ -249,3 +249,20 @@ def test_a_tree_must_hold_every_label_of_the_model():
         3,
     )
     assert (model.matcher.node_weights == 1).all()
+
+
+def test_the_shortlist_holds_the_labels_of_the_memorys_nearest_training_documents():
+    from plant_hf.modeling_plant import PlantDocumentMemory
+
+    model = treed_model()
+    ids = random_ids(1, 30)
+    with torch.no_grad():
+        embeddings = model.document_embeddings(input_ids=ids)
+    beam = set(model.matcher.shortlist(embeddings, beam=2)[0].tolist())
+    outside = sorted(set(range(12)) - beam)[:2]
+    # Two entries: the document itself, carrying two labels the beam missed, and a far one.
+    keys = torch.cat([embeddings, -embeddings])
+    model.set_memory(PlantDocumentMemory.from_entries(keys, [outside, [outside[0]]], 12, top_k=1, temperature=0.05))
+    logits = model(input_ids=ids).logits[0]  # memory weight 0: the head's logits, the unscored at the least
+    scored = set((logits > torch.finfo(torch.float32).min).nonzero().flatten().tolist())
+    assert scored == beam | set(outside)
