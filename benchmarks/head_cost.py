@@ -106,9 +106,19 @@ def worker_infer(spec: dict) -> dict:
     }
 
 
-def measure(spec: dict) -> dict:
+def run_header() -> dict:
+    """What produced a result file: the command, the day and the machine."""
+    return {
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, CPU",
+    }
+
+
+def measure(spec: dict, script: str = __file__) -> dict:
+    """Run `script --worker spec` in a fresh process; its last output line is the measurement (JSON)."""
     result = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, check=True
+        [sys.executable, script, "--worker", json.dumps(spec)], capture_output=True, text=True, check=True
     )
     return {**spec, **json.loads(result.stdout.strip().splitlines()[-1])}
 
@@ -128,9 +138,7 @@ def main() -> None:
         print(json.dumps(worker_train(spec) if spec["kind"] == "train" else worker_infer(spec)))
         return
     results = {
-        "command": "python " + " ".join(sys.argv),
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, CPU",
+        **run_header(),
         "bf16": args.bf16,
         "ratio": [],
         "labels": [],

@@ -10,15 +10,11 @@ that the head scores 1,000 labels a document. Every measurement runs in a fresh 
 """
 
 import argparse
-import datetime
 import json
-import platform
-import subprocess
-import sys
 import time
 
 import torch
-from head_cost import current_rss_mb, peak_rss_mb
+from head_cost import current_rss_mb, measure, peak_rss_mb, run_header
 
 CHUNK = 512
 
@@ -109,13 +105,6 @@ def worker_train(spec: dict) -> dict:
     return {"seconds_per_step": (time.perf_counter() - started) / spec["repeats"], "peak_mb": peak_rss_mb()}
 
 
-def measure(spec: dict) -> dict:
-    result = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, check=True
-    )
-    return {**spec, **json.loads(result.stdout.strip().splitlines()[-1])}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="/tmp/shortlist-cost.json")
@@ -131,20 +120,20 @@ def main() -> None:
         print(json.dumps(worker_infer(spec) if spec["kind"] == "infer" else worker_train(spec)))
         return
     results = {
-        "command": "python " + " ".join(sys.argv),
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, CPU",
+        **run_header(),
         "inference": [],
         "training": [],
     }
     for labels in args.labels:
         for shortlist in (False, True):
-            entry = measure({"kind": "infer", "labels": labels, "shortlist": shortlist, "documents": args.documents})
+            spec = {"kind": "infer", "labels": labels, "shortlist": shortlist, "documents": args.documents}
+            entry = measure(spec, __file__)
             results["inference"].append(entry)
             print(json.dumps(entry), flush=True)
     for labels, shortlist in ((4096, False), (4096, True), (max(args.labels), True)):
-        entry = measure({"kind": "train", "labels": labels, "shortlist": shortlist, "batch": args.batch,
-                         "repeats": args.repeats, "bf16": args.bf16})  # fmt: skip
+        spec = {"kind": "train", "labels": labels, "shortlist": shortlist, "batch": args.batch,
+                "repeats": args.repeats, "bf16": args.bf16}  # fmt: skip
+        entry = measure(spec, __file__)
         results["training"].append(entry)
         print(json.dumps(entry), flush=True)
     with open(args.out, "w") as handle:
