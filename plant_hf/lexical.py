@@ -64,7 +64,9 @@ def _classifiers(model: str, folder: Path, c: float):
     return BR(str(folder), loss="l2", liblinear_c=c, threads=0)
 
 
-def _vectorizer(ngrams: int, min_df: int, vocabulary: dict[str, int] | None = None):
+def tfidf_vectorizer(ngrams: int, min_df: int, vocabulary: dict[str, int] | None = None):
+    """TF-IDF of word 1..`ngrams`-grams (sublinear counts) in at least `min_df` documents, or of a fitted
+    `vocabulary`: the lexical channel's features, and the label tree's beside the mean states."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     return TfidfVectorizer(
@@ -115,7 +117,7 @@ class LexicalRanker:
         if model not in CLASSIFIER_FILES:
             raise ValueError(f"model must be one of {', '.join(CLASSIFIER_FILES)}, got {model!r}.")
         settings = {"ngrams": ngrams, "min_df": min_df, "c": c, "model": model}
-        vectorizer = _vectorizer(ngrams, min_df)
+        vectorizer = tfidf_vectorizer(ngrams, min_df)
         features = vectorizer.fit_transform(texts)
         # Every label must have an index the classifiers know: napkinxc sizes its label space by the largest seen.
         if any(index >= len(labels) for row in label_ids for index in row):
@@ -161,7 +163,7 @@ class LexicalRanker:
             )
         settings = record["settings"]
         vocabulary = {term: index for index, term in enumerate(record["vocabulary"])}
-        vectorizer = _vectorizer(settings["ngrams"], settings["min_df"], vocabulary)
+        vectorizer = tfidf_vectorizer(settings["ngrams"], settings["min_df"], vocabulary)
         vectorizer.idf_ = load_file(str(folder / IDF_FILE))["idf"]
         classifiers = _classifiers(kind, folder, settings["c"])
         classifiers.load()
@@ -239,5 +241,6 @@ __all__ = [
     "files",
     "fuse",
     "model_lexical_channel",
+    "tfidf_vectorizer",
     "tune_lexical_weight",
 ]

@@ -266,3 +266,42 @@ def test_the_shortlist_holds_the_labels_of_the_memorys_nearest_training_document
     logits = model(input_ids=ids).logits[0]  # memory weight 0: the head's logits, the unscored at the least
     scored = set((logits > torch.finfo(torch.float32).min).nonzero().flatten().tolist())
     assert scored == beam | set(outside)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from plant_hf.data.synthetic import write_synthetic_corpus
+
+    from conftest import save_backbone
+
+    root = tmp_path_factory.mktemp("tree")
+    write_synthetic_corpus(root / "corpus", {"train": 160, "dev": 40, "test": 40}, num_labels=8, length=(20, 50))
+    save_backbone(root / "bert", family="bert")
+    return root
+
+
+@pytest.mark.parametrize("mode", ["frozen", "lora"])
+def test_fit_builds_the_tree_trains_its_matcher_and_saves_a_shortlisting_model(corpus, tmp_path, mode):
+    from safetensors.torch import load_file
+
+    from plant_hf import PlantForMultiLabelClassification
+    from plant_hf.recipe import PlantArguments, fit
+    from plant_hf.training.trainer import PlantTrainingArguments
+
+    run = tmp_path / "run"
+    args = PlantArguments(
+        data=str(corpus / "corpus"), backbone=str(corpus / "bert"), chunk_size=32, max_chunks=2, mig_top_k=16,
+        ranker_epochs=1, backbone_mode=mode, label_tree="on", label_tree_arity=2, label_tree_leaf_size=2,
+        shortlist_beam=2, shortlist_min_labels=1, shortlist_negatives=1, memory=False, lexical=False,
+    )  # fmt: skip
+    training = PlantTrainingArguments(output_dir=str(run), use_cpu=True, disable_tqdm=True, num_train_epochs=2,
+                                      per_device_train_batch_size=8, seed=0)  # fmt: skip
+    report = fit(args, training)
+    tree = load_file(run / "label_tree" / "label_tree.safetensors")
+    assert sorted(tree["leaf_labels"][tree["leaf_labels"] >= 0].tolist()) == list(range(8))
+    model = PlantForMultiLabelClassification.from_pretrained(run / "model")
+    assert model.shortlisting and torch.equal(model.matcher.leaf_labels, tree["leaf_labels"])
+    assert not torch.allclose(model.matcher.node_weights, tree["node_weights"], atol=1e-3)  # trained with the head
+    assert report["documents"] == 40 and report["P@1"] > 0
+    predictions = [json.loads(line) for line in (run / "eval" / "test_predictions.jsonl").read_text().splitlines()]
+    assert all(record["scores"][0] > 0 for record in predictions)

@@ -1,5 +1,5 @@
-"""The PLANT recipe, one module per stage: data -> MIG table -> ranker -> planting and fine-tuning -> retrieval memory
--> lexical channel -> evaluation -> model card.
+"""The PLANT recipe, one module per stage: data -> MIG table -> ranker -> planting, label tree and fine-tuning ->
+retrieval memory -> lexical channel -> evaluation -> model card.
 
 Each stage owns its options (one dataclass, one group of `plant-hf fit --help`) and a runner that writes into the run
 folder (`output_dir`) and skips its work when its output is already there: running the same command again continues
@@ -22,6 +22,7 @@ from .card import card_stage, stage_lengths
 from .data import DataArguments, RunContext, prepare_run
 from .evaluation import EvaluationArguments, evaluate_stage, predict_top_k, split_predictions
 from .finetuning import FinetuningArguments, classifier, finetune_stage
+from .label_tree import LabelTreeArguments
 from .lexical import LexicalArguments, lexical_stage
 from .memory import MemoryArguments, memory_stage
 from .mig import MigArguments, mig_stage
@@ -34,6 +35,7 @@ STAGE_ARGUMENTS = (
     DataArguments,
     MigArguments,
     RankerArguments,
+    LabelTreeArguments,
     FinetuningArguments,
     MemoryArguments,
     LexicalArguments,
@@ -47,6 +49,7 @@ class PlantArguments(
     LexicalArguments,
     MemoryArguments,
     FinetuningArguments,
+    LabelTreeArguments,
     RankerArguments,
     MigArguments,
     DataArguments,

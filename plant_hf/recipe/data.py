@@ -20,8 +20,8 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import is_bitsandbytes_available, logging
 
-from ..cache import CachedDocuments, TokenStateCache
-from ..data import LabelVocabulary, load_corpus, tokenize_split
+from ..cache import CachedDocumentCollator, CachedDocuments, TokenStateCache
+from ..data import LabelVocabulary, PlantDataCollator, load_corpus, tokenize_split
 from ..data.catalogue import read_label_descriptions
 from ..data.synthetic import write_synthetic_corpus
 from ..files import write_json
@@ -42,6 +42,7 @@ STAGE_OUTPUTS = {
     "data": ("data",),
     "mig": ("mig",),
     "ranker": ("ranker",),
+    "label tree": ("label_tree",),
     "fine-tuning": ("checkpoints", "adapter", "model", "finetuning_summary.json"),
     "memory": ("memory",),
     "lexical": ("lexical",),
@@ -389,6 +390,19 @@ def check_run_folder(folder: Path, config: dict[str, Any], args: Any) -> None:
         )
 
 
+def inference_inputs(
+    context: RunContext, model: PlantForMultiLabelClassification, split: str, with_labels: bool = False
+):
+    """A split's documents and the collator that batches them without targets: cached states (frozen backbone) or
+    token ids; `with_labels` keeps each document's `label_ids` in its items."""
+    if context.args.backbone_mode == "frozen":
+        return context.cached(split, model), CachedDocumentCollator()
+    columns = ["input_ids", "label_ids"] if with_labels else ["input_ids"]
+    return context.tokenized(split).select_columns(columns), PlantDataCollator(
+        num_labels=0, pad_token_id=pad_token_id(model)
+    )
+
+
 def pad_token_id(model: PlantForMultiLabelClassification) -> int:
     """The backbone's padding id (0 where it has none)."""
     return getattr(model.config.get_text_config(), "pad_token_id", None) or 0
@@ -399,6 +413,7 @@ __all__ = [
     "DataArguments",
     "RunContext",
     "default_backbone",
+    "inference_inputs",
     "prepare_run",
     "run_config",
     "split_roles",

@@ -20,8 +20,7 @@ from ..modeling_plant import MEMORY_FILE, PlantDocumentMemory, PlantForMultiLabe
 from ..pipeline_plant import MEMORY_DOCUMENTS_FILE
 from ..training.evaluation import flatten_report, plot_frequency_buckets, top_k_logits, write_report
 from ..training.trainer import XMCTrainer
-from .data import RunContext
-from .finetuning import inference_inputs
+from .data import RunContext, inference_inputs
 from .lexical import dev_held_out, train_channel
 from .memory import build_memory
 from .options import stage_options

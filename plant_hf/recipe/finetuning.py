@@ -32,7 +32,8 @@ from ..training.trainer import (
     positive_weighted_loss,
     training_summary,
 )
-from .data import RunContext, pad_token_id
+from .data import RunContext, inference_inputs, pad_token_id
+from .label_tree import label_tree_stage
 from .options import stage_options
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def classifier(context: RunContext, quantize: bool = False) -> PlantForMultiLabe
         )
     if args.attn_implementation:
         extra["attn_implementation"] = args.attn_implementation
-    head = {name: getattr(args, name) for name in FinetuningArguments.head_options}
+    head = {name: getattr(args, name) for kind in type(args).__mro__ for name in vars(kind).get("head_options", ())}
     return context.plant_model(**head, dtype=args.dtype, **extra)
 
 
@@ -154,6 +155,7 @@ def finetune_stage(context: RunContext, ranker: Path | None) -> Path:
     if ranker is not None:
         logger.info(f"planted: {', '.join(plant(model, load_ranker(ranker), tokenizer=context.tokenizer))}")
     _initialize_labels(context, model)
+    label_tree_stage(context, model)
     model, train_data, eval_data, collator = _prepare_finetuning(context, model)
     schedule = parse_unfreeze_schedule(training.unfreeze_schedule)
     trainer = PlantTrainer(
@@ -252,7 +254,9 @@ def _save_final_model(context: RunContext, trained, folder: Path) -> None:
         adapter = context.folder / "adapter"
         with atomic_path(adapter) as partial:
             trained.save_pretrained(partial)
-        trained = PeftModel.from_pretrained(classifier(context), str(adapter)).merge_and_unload()
+        base = classifier(context)
+        label_tree_stage(context, base)  # the adapter saved the trained matcher: the base needs one to load it
+        trained = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
         if context.args.backbone_mode == "qlora":
             logger.info(f"model: {QLORA_MERGED}; the test report scores this model.")
     with atomic_path(folder) as partial:
@@ -263,25 +267,11 @@ def _save_final_model(context: RunContext, trained, folder: Path) -> None:
             write_json(partial / LABEL_DESCRIPTIONS_FILE, context.descriptions)
 
 
-def inference_inputs(
-    context: RunContext, model: PlantForMultiLabelClassification, split: str, with_labels: bool = False
-):
-    """A split's documents and the collator that batches them without targets: cached states (frozen backbone) or
-    token ids; `with_labels` keeps each document's `label_ids` in its items."""
-    if context.args.backbone_mode == "frozen":
-        return context.cached(split, model), CachedDocumentCollator()
-    columns = ["input_ids", "label_ids"] if with_labels else ["input_ids"]
-    return context.tokenized(split).select_columns(columns), PlantDataCollator(
-        num_labels=0, pad_token_id=pad_token_id(model)
-    )
-
-
 __all__ = [
     "FINETUNING_SUMMARY",
     "QLORA_MERGED",
     "FinetuningArguments",
     "classifier",
     "finetune_stage",
-    "inference_inputs",
     "lora_config",
 ]

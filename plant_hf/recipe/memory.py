@@ -16,8 +16,7 @@ from ..data import PlantDataCollator, tokenize_split
 from ..files import atomic_path
 from ..modeling_plant import MEMORY_FILE, PlantDocumentMemory, PlantForMultiLabelClassification
 from ..training.trainer import XMCTrainer
-from .data import RunContext, pad_token_id
-from .finetuning import inference_inputs
+from .data import RunContext, inference_inputs, pad_token_id
 from .options import stage_options
 
 logger = logging.get_logger(__name__)
@@ -63,15 +62,14 @@ class _DocumentEmbeddings(nn.Module):
         return {"embeddings": embeddings}
 
 
-def _embeddings(context: RunContext, model: PlantForMultiLabelClassification, documents, collator, name: str):
-    """`documents` as the memory reads them, `(documents, hidden)`, in their order, by Trainer's prediction loop."""
-    arguments = dataclasses.replace(context.training, output_dir=str(context.folder / "memory"))
+def document_embeddings(
+    context: RunContext, model: PlantForMultiLabelClassification, documents, collator, stage: str
+) -> torch.Tensor:
+    """Each of `documents`' mean token state, L2-normalised, `(documents, hidden)`, in their order, by Trainer's
+    prediction loop (`stage` names its progress bar): the memory's keys and the label tree's document vectors."""
+    arguments = dataclasses.replace(context.training, output_dir=str(context.folder))
     trainer = XMCTrainer(
-        model=_DocumentEmbeddings(model),
-        args=arguments,
-        eval_dataset=documents,
-        data_collator=collator,
-        stage=f"memory: {name}",
+        model=_DocumentEmbeddings(model), args=arguments, eval_dataset=documents, data_collator=collator, stage=stage
     )
     return torch.from_numpy(trainer.predict(documents).predictions)
 
@@ -91,7 +89,9 @@ def description_embeddings(
         "label descriptions",
     )
     collator = PlantDataCollator(num_labels=0, pad_token_id=pad_token_id(model))
-    return _embeddings(context, model, tokenized.select_columns(["input_ids"]), collator, "label descriptions")
+    return document_embeddings(
+        context, model, tokenized.select_columns(["input_ids"]), collator, "memory: label descriptions"
+    )
 
 
 def build_memory(
@@ -99,7 +99,12 @@ def build_memory(
 ) -> PlantDocumentMemory:
     """The memory of the documents of `splits`, with their labels among the model's, and (`descriptions`) the
     catalogue's descriptions of the labels that no training document carries."""
-    keys = torch.cat([_embeddings(context, model, *inference_inputs(context, model, split), split) for split in splits])
+    keys = torch.cat(
+        [
+            document_embeddings(context, model, *inference_inputs(context, model, split), f"memory: {split}")
+            for split in splits
+        ]
+    )
     label_sets = [labels for split in splits for labels in context.tokenized(split)["label_ids"]]
     vocabulary = context.vocabulary
     described = [vocabulary.labels[i] for i in np.flatnonzero(vocabulary.counts == 0)]
@@ -136,4 +141,4 @@ def memory_stage(context: RunContext, model_folder: Path) -> PlantDocumentMemory
     return memory
 
 
-__all__ = ["MemoryArguments", "build_memory", "memory_stage"]
+__all__ = ["MemoryArguments", "build_memory", "document_embeddings", "memory_stage"]
