@@ -137,6 +137,17 @@ def save_backbone(folder, family: str = "bert", words: list[str] | None = None, 
     return str(folder)
 
 
+def synthetic_workspace(root: Path, sizes: dict[str, int], num_labels: int, length: tuple[int, int],
+                        families: tuple[str, ...] = ("bert",)) -> Path:  # fmt: skip
+    """A synthetic corpus in `root / "corpus"` and a tiny saved backbone per family in `root / family`."""
+    from plant_hf.data.synthetic import write_synthetic_corpus
+
+    write_synthetic_corpus(root / "corpus", sizes, num_labels=num_labels, length=length)
+    for family in families:
+        save_backbone(root / family, family=family)
+    return root
+
+
 _REFUSE_PLANT_HF = """
 import importlib.abc, sys
 

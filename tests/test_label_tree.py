@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from plant_hf.label_tree import build_label_tree, document_features, pifa_node_weights, tree_tables
 
-from conftest import random_ids, run_without_plant_hf, tiny_model
+from conftest import random_ids, run_without_plant_hf, synthetic_workspace, tiny_model
 
 # Root 0 -> inner nodes 1, 2 -> leaf clusters 3, 4 (under 1) and 5, 6 (under 2), three labels each.
 CHILDREN = torch.tensor([[1, 2], [3, 4], [5, 6], [-1, -1], [-1, -1], [-1, -1], [-1, -1]])
@@ -270,14 +270,8 @@ def test_the_shortlist_holds_the_labels_of_the_memorys_nearest_training_document
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from plant_hf.data.synthetic import write_synthetic_corpus
-
-    from conftest import save_backbone
-
-    root = tmp_path_factory.mktemp("tree")
-    write_synthetic_corpus(root / "corpus", {"train": 160, "dev": 40, "test": 40}, num_labels=8, length=(20, 50))
-    save_backbone(root / "bert", family="bert")
-    return root
+    sizes = {"train": 160, "dev": 40, "test": 40}
+    return synthetic_workspace(tmp_path_factory.mktemp("tree"), sizes, num_labels=8, length=(20, 50))
 
 
 @pytest.mark.parametrize("mode", ["frozen", "lora"])

@@ -9,11 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from plant_hf.data.synthetic import write_synthetic_corpus
 from plant_hf.recipe import PlantArguments, fit
 from plant_hf.training.trainer import PlantTrainer, PlantTrainingArguments, training_summary
 
-from conftest import save_backbone, tiny_model
+from conftest import synthetic_workspace, tiny_model
 
 
 class ScriptedMetric:
@@ -80,10 +79,8 @@ def test_without_evaluation_training_runs_to_its_ceiling(tmp_path):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("length")
-    write_synthetic_corpus(root / "corpus", {"train": 120, "dev": 30, "test": 30}, num_labels=6, length=(20, 40))
-    save_backbone(root / "bert", family="bert")
-    return root
+    sizes = {"train": 120, "dev": 30, "test": 30}
+    return synthetic_workspace(tmp_path_factory.mktemp("length"), sizes, num_labels=6, length=(20, 40))
 
 
 def run_arguments(root: Path, run: Path, **training):
