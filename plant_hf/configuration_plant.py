@@ -108,7 +108,8 @@ class PlantConfig(PreTrainedConfig):
             shortlist.
         shortlist_min_labels (`int`, *optional*, defaults to 32768):
             With a label tree, the head scores only the shortlist from this many labels on (below it every label,
-            which costs little there); the other labels get the least logit. `None`: always every label.
+            which costs little there); the other labels get a logit of -80 (probability below 1e-34). `None`:
+            always every label.
         shortlist_negatives (`int`, *optional*, defaults to 32):
             In shortlisted training, random labels added per document to its positives and the matcher's
             shortlist (its hard negatives); the loss is the binary cross-entropy over those labels alone.

@@ -43,6 +43,8 @@ class TrainingInfo:
     mig: dict[str, Any] = field(default_factory=dict)
     planting: dict[str, Any] = field(default_factory=dict)
     finetuning: dict[str, Any] = field(default_factory=dict)
+    # The label tree's shape and shortlist settings, where the model has one.
+    label_tree: dict[str, Any] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     # The options of the run that differ from plant-hf's defaults (the card shows these first).
     changed: dict[str, Any] = field(default_factory=dict)
@@ -135,6 +137,7 @@ def render_model_card(
         mig_summary=", ".join(f"{key} {value}" for key, value in info.mig.items()) or "not built",
         planting_summary=planting_summary,
         finetune_summary=", ".join(f"{key} {value}" for key, value in info.finetuning.items()),
+        label_tree_summary=_label_tree_summary(info.label_tree, info.num_labels),
         memory_summary=_memory_summary(report.get("memory")),
         lexical_summary=_lexical_summary(report.get("lexical")),
         eval_summary=f"{split} split, top-k predictions scored with plant_hf.metrics",
@@ -148,6 +151,23 @@ def render_model_card(
         results=[(metric_name(name), percent(report.get(name))) for name in HEADLINE_METRICS],
         buckets=buckets,
         stages=[_stage_row(name, length) for name, length in info.stages.items()],
+    )
+
+
+def _label_tree_summary(tree: dict[str, Any], num_labels: int) -> str:
+    """The label tree as the card tells it (from the model's config)."""
+    if not tree:
+        return "none: the head scores every label"
+    least = tree["shortlist_min_labels"]
+    scoring = (
+        "the head scores only each document's shortlist"
+        if least is not None and num_labels >= least
+        else f"the head scores every label (it shortlists from {least} labels on)"
+    )
+    return (
+        f"{tree['nodes']} nodes, {tree['arity']} children a node, leaf clusters of at most {tree['leaf_size']} labels "
+        f"(balanced k-means on PIFA embeddings); the matcher, trained with the head, keeps {tree['beam']} leaf "
+        f"clusters a document; {scoring}"
     )
 
 

@@ -26,6 +26,10 @@ from .pipeline_plant import PlantClassificationPipeline  # noqa: F401  (saved wi
 
 logger = logging.get_logger(__name__)
 
+# The logit of a label that the shortlist leaves out: probability below 1e-34, yet sigmoid(-x) = 1 / (1 + exp(x))
+# stays finite in fp32 (exp overflows above 88), as pipelines compute it.
+UNSCORED_LOGIT = -80.0
+
 
 @dataclass
 class PlantOutput(ModelOutput):
@@ -1244,7 +1248,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
     def _shortlisted_logits(
         self, states: PlantTokenStates, embeddings: torch.Tensor, targets: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of the shortlisted labels (the others get the least logit) and the shortlist `(batch, labels)`,
+        """Logits of the shortlisted labels (the others get `UNSCORED_LOGIT`) and the shortlist `(batch, labels)`,
         -1 padded: the labels of the matcher's beam and those of the memory's retrieved entries (where the model has
         a memory). In training it also holds each document's positives and `shortlist_negatives` random labels."""
         shortlist = self.matcher.shortlist(embeddings, self.config.shortlist_beam)
@@ -1266,7 +1270,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         )
         scores = torch.einsum("bmv,bmv->bm", contexts, self.score.label_weights.float()[chosen])
         scores = scores + self.score.label_bias.float()[chosen]
-        logits = scores.new_full((scores.shape[0], self.config.num_labels + 1), torch.finfo(scores.dtype).min)
+        logits = scores.new_full((scores.shape[0], self.config.num_labels + 1), UNSCORED_LOGIT)
         padded = shortlist.masked_fill(shortlist < 0, self.config.num_labels)  # the spare column takes the padding
         return logits.scatter(1, padded, scores)[:, :-1], shortlist
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
+from transformers import pipeline
 
 from plant_hf.label_tree import build_label_tree, document_features, pifa_node_weights, tree_tables
+from plant_hf.modeling_plant import UNSCORED_LOGIT
 
 from conftest import random_ids, run_without_plant_hf, synthetic_workspace, tiny_model
 
@@ -87,8 +89,8 @@ def test_shortlisted_logits_equal_the_full_heads_on_the_shortlist(head):
         torch.testing.assert_close(shortlisted[row, listed], full[row, listed], atol=1e-5, rtol=1e-5)
         others = torch.ones(12, dtype=torch.bool)
         others[listed] = False
-        assert (shortlisted[row, others] == torch.finfo(torch.float32).min).all()
-        assert (torch.sigmoid(shortlisted[row, others]) == 0).all()
+        assert (shortlisted[row, others] == UNSCORED_LOGIT).all()
+        assert (torch.sigmoid(shortlisted[row, others]) < 1e-34).all()
 
 
 def test_node_targets_mark_the_paths_to_each_positive_label():
@@ -126,7 +128,7 @@ def test_shortlisted_training_scores_positives_hard_and_random_negatives_only():
     assert touched[0] and touched[11]  # each positive is scored, wherever the matcher looked
     assert model.matcher.node_weights.grad.abs().sum() > 0
     # The loss is the mean binary cross-entropy over the scored labels, plus the matcher's.
-    scored = (output.logits > torch.finfo(torch.float32).min).float()
+    scored = (output.logits > UNSCORED_LOGIT).float()
     by_hand = (F.binary_cross_entropy_with_logits(output.logits, labels, reduction="none") * scored).sum()
     with torch.no_grad():
         embeddings = model.document_embeddings(input_ids=ids)
@@ -140,7 +142,7 @@ def test_below_the_shortlist_label_count_the_head_scores_every_label_and_still_t
     labels = torch.zeros(2, 12)
     labels[:, 3] = 1
     output = model(input_ids=random_ids(2, 30), labels=labels)
-    assert (output.logits > torch.finfo(torch.float32).min).all()
+    assert (output.logits > UNSCORED_LOGIT).all()
     output.loss.backward()
     assert model.matcher.node_weights.grad.abs().sum() > 0
     assert (model.score.label_weights.grad.abs().sum(1) > 0).all()
@@ -264,7 +266,7 @@ def test_the_shortlist_holds_the_labels_of_the_memorys_nearest_training_document
     keys = torch.cat([embeddings, -embeddings])
     model.set_memory(PlantDocumentMemory.from_entries(keys, [outside, [outside[0]]], 12, top_k=1, temperature=0.05))
     logits = model(input_ids=ids).logits[0]  # memory weight 0: the head's logits, the unscored at the least
-    scored = set((logits > torch.finfo(torch.float32).min).nonzero().flatten().tolist())
+    scored = set((logits > UNSCORED_LOGIT).nonzero().flatten().tolist())
     assert scored == beam | set(outside)
 
 
@@ -299,3 +301,14 @@ def test_fit_builds_the_tree_trains_its_matcher_and_saves_a_shortlisting_model(c
     assert report["documents"] == 40 and report["P@1"] > 0
     predictions = [json.loads(line) for line in (run / "eval" / "test_predictions.jsonl").read_text().splitlines()]
     assert all(record["scores"][0] > 0 for record in predictions)
+    card = (run / "model" / "README.md").read_text()
+    assert "the matcher, trained with the head, keeps 2 leaf clusters a document; the head scores only" in card
+    if mode == "frozen":  # both pipelines shortlist, and agree
+        text = json.loads((corpus / "corpus" / "test.jsonl").read_text().splitlines()[0])["text"]
+        xmc = pipeline("xmc-classification", model=str(run / "model"))(text, top_k=None)
+        text_classification = pipeline("text-classification", model=str(run / "model"), top_k=None)([text])[0]
+        scored = {entry["label"]: entry["score"] for entry in xmc if entry["score"] > 1e-30}
+        assert 2 <= len(scored) < 8
+        assert {entry["label"]: entry["score"] for entry in text_classification if entry["score"] > 1e-30} == (
+            pytest.approx(scored, abs=1e-6)
+        )

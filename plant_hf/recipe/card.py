@@ -49,6 +49,7 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
             "precision": "bf16 autocast" if training.bf16 else "fp16 autocast" if training.fp16 else "fp32",
             **({"saved and evaluated": QLORA_MERGED} if args.backbone_mode == "qlora" else {}),
         },
+        label_tree=_label_tree(model_folder),
         hyperparameters=run_config(args, training),
         changed=changed_options(args, training),
         stages=stage_lengths(context),
@@ -60,6 +61,20 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
     info.save(model_folder)
     write_json(model_folder / EVAL_REPORT_FILE, report)
     write_model_card(model_folder, report)
+
+
+def _label_tree(model_folder: Path) -> dict[str, Any]:
+    """The saved model's label tree settings (empty without a tree)."""
+    config = json.loads((model_folder / "config.json").read_text())
+    if not config.get("label_tree_nodes"):
+        return {}
+    return {
+        "nodes": config["label_tree_nodes"],
+        "arity": config["label_tree_arity"],
+        "leaf_size": config["label_tree_leaf_size"],
+        "beam": config["shortlist_beam"],
+        "shortlist_min_labels": config["shortlist_min_labels"],
+    }
 
 
 def changed_options(args: Any, training: Any) -> dict[str, Any]:
