@@ -137,7 +137,7 @@ def render_model_card(
         mig_summary=", ".join(f"{key} {value}" for key, value in info.mig.items()) or "not built",
         planting_summary=planting_summary,
         finetune_summary=", ".join(f"{key} {value}" for key, value in info.finetuning.items()),
-        label_tree_summary=_label_tree_summary(info.label_tree, info.num_labels),
+        label_tree_summary=_label_tree_summary(info.label_tree, info.num_labels, report.get("label_tree")),
         memory_summary=_memory_summary(report.get("memory")),
         lexical_summary=_lexical_summary(report.get("lexical")),
         eval_summary=f"{split} split, top-k predictions scored with plant_hf.metrics",
@@ -154,8 +154,8 @@ def render_model_card(
     )
 
 
-def _label_tree_summary(tree: dict[str, Any], num_labels: int) -> str:
-    """The label tree as the card tells it (from the model's config)."""
+def _label_tree_summary(tree: dict[str, Any], num_labels: int, measured: dict[str, Any] | None) -> str:
+    """The label tree as the card tells it (from the model's config, and the evaluation's `measured` shortlist)."""
     if not tree:
         return "none: the head scores every label"
     least = tree["shortlist_min_labels"]
@@ -168,6 +168,12 @@ def _label_tree_summary(tree: dict[str, Any], num_labels: int) -> str:
         f"{tree['nodes']} nodes, {tree['arity']} children a node, leaf clusters of at most {tree['leaf_size']} labels "
         f"(balanced k-means on PIFA embeddings); the matcher, trained with the head, keeps {tree['beam']} leaf "
         f"clusters a document; {scoring}"
+        + (
+            f"; on the evaluation split its shortlists ({measured['shortlist_size']:.0f} labels on average, with the "
+            f"memory's) held {100 * measured['recall']:.1f}% of the documents' labels"
+            if measured
+            else ""
+        )
     )
 
 

@@ -1226,6 +1226,20 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         least = self.config.shortlist_min_labels
         return self.matcher is not None and least is not None and self.config.num_labels >= least
 
+    @torch.no_grad()
+    def shortlist(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The labels the head scores for documents of these `document_embeddings`, `(batch, labels)`, -1 padded,
+        each once: those of the matcher's `shortlist_beam` best leaf clusters and those of the memory's retrieved
+        entries (where the model has a memory)."""
+        if self.matcher is None:
+            raise ValueError("This model has no label tree to shortlist labels with (set_label_tree gives it one).")
+        shortlist = self.matcher.shortlist(embeddings, self.config.shortlist_beam)
+        if self.memory is not None and len(self.memory):
+            remembered = self.memory.scores(embeddings)
+            values, retrieved = remembered.topk(max(int((remembered > 0).sum(1).max()), 1), dim=1)
+            shortlist = torch.cat([shortlist, retrieved.masked_fill(values <= 0, -1)], dim=1)
+        return _distinct(shortlist)
+
     def _targets(self, labels: torch.Tensor) -> torch.Tensor:
         """`labels` checked as multi-hot (or soft) targets of every label, in fp32."""
         expected = (labels.shape[0], self.config.num_labels)
@@ -1248,14 +1262,10 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
     def _shortlisted_logits(
         self, states: PlantTokenStates, embeddings: torch.Tensor, targets: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of the shortlisted labels (the others get `UNSCORED_LOGIT`) and the shortlist `(batch, labels)`,
-        -1 padded: the labels of the matcher's beam and those of the memory's retrieved entries (where the model has
-        a memory). In training it also holds each document's positives and `shortlist_negatives` random labels."""
-        shortlist = self.matcher.shortlist(embeddings, self.config.shortlist_beam)
-        if self.memory is not None and len(self.memory):
-            remembered = self.memory.scores(embeddings)
-            values, retrieved = remembered.topk(max(int((remembered > 0).sum(1).max()), 1), dim=1)
-            shortlist = torch.cat([shortlist, retrieved.masked_fill(values <= 0, -1)], dim=1)
+        """Logits of the shortlisted labels (the others get `UNSCORED_LOGIT`) and the labels scored `(batch, labels)`,
+        -1 padded: the shortlist and, in training, each document's positives and `shortlist_negatives` random
+        labels."""
+        shortlist = self.shortlist(embeddings)
         if targets is not None:
             positive = targets > 0
             values, positives = positive.float().topk(max(int(positive.sum(1).max()), 1), dim=1)

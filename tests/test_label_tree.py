@@ -299,10 +299,13 @@ def test_fit_builds_the_tree_trains_its_matcher_and_saves_a_shortlisting_model(c
     assert model.shortlisting and torch.equal(model.matcher.leaf_labels, tree["leaf_labels"])
     assert not torch.allclose(model.matcher.node_weights, tree["node_weights"], atol=1e-3)  # trained with the head
     assert report["documents"] == 40 and report["P@1"] > 0
+    assert report["label_tree"]["shortlisting"] and 2 <= report["label_tree"]["shortlist_size"] <= 4
+    assert 0 < report["label_tree"]["recall"] <= 1
     predictions = [json.loads(line) for line in (run / "eval" / "test_predictions.jsonl").read_text().splitlines()]
     assert all(record["scores"][0] > 0 for record in predictions)
     card = (run / "model" / "README.md").read_text()
     assert "the matcher, trained with the head, keeps 2 leaf clusters a document; the head scores only" in card
+    assert f"held {100 * report['label_tree']['recall']:.1f}% of the documents' labels" in card
     if mode == "frozen":  # both pipelines shortlist, and agree
         text = json.loads((corpus / "corpus" / "test.jsonl").read_text().splitlines()[0])["text"]
         xmc = pipeline("xmc-classification", model=str(run / "model"))(text, top_k=None)

@@ -22,10 +22,13 @@ from ..training.evaluation import flatten_report, plot_frequency_buckets, top_k_
 from ..training.trainer import XMCTrainer
 from .data import RunContext, inference_inputs
 from .lexical import dev_held_out, train_channel
-from .memory import build_memory
+from .memory import build_memory, document_embeddings
 from .options import stage_options
 
 logger = logging.get_logger(__name__)
+
+# Documents shortlisted at once: the memory scores every label of each.
+SHORTLIST_BATCH = 256
 
 
 @stage_options("evaluation", "Evaluation", at_least={"eval_top_k": 1})
@@ -97,6 +100,8 @@ def evaluate_stage(
         }
     if memory is not None:
         report["memory"] = _memory_report(model.config, dev_weights)
+    if model.matcher is not None:
+        report["label_tree"] = _shortlist_report(context, model)
     if context.is_main:
         _write_test_outputs(context, report, predictions, report_path)
     return report
@@ -126,6 +131,26 @@ def _test_report(
         "unseen_labels": str(context.vocabulary.unseen(test["labels"], "test")),
     }
     return report
+
+
+def _shortlist_report(context: RunContext, model: PlantForMultiLabelClassification) -> dict[str, Any]:
+    """The shortlist on the test split: its mean size, and its recall of the documents' labels (unseen labels count
+    as missed), whether or not the head scores only the shortlist at this label count."""
+    embeddings = document_embeddings(context, model, *inference_inputs(context, model, "test"), "shortlist: test")
+    truth, _ = context.vocabulary.evaluation_targets(context.splits["test"]["labels"])
+    sizes, hits = [], 0
+    for start in range(0, embeddings.shape[0], SHORTLIST_BATCH):
+        shortlist = model.shortlist(embeddings[start : start + SHORTLIST_BATCH].to(model.device)).cpu().numpy()
+        for row, listed in enumerate(shortlist, start):
+            listed = listed[listed >= 0]
+            sizes.append(len(listed))
+            hits += int(np.isin(truth.indices[truth.indptr[row] : truth.indptr[row + 1]], listed).sum())
+    return {
+        "shortlist_size": float(np.mean(sizes)),
+        "recall": hits / max(truth.nnz, 1),
+        "beam": model.config.shortlist_beam,
+        "shortlisting": model.shortlisting,
+    }
 
 
 def _memory_report(config: Any, dev_weights: dict[str, dict[float, float] | None]) -> dict[str, Any]:
