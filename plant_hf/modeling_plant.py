@@ -1263,10 +1263,10 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         self, states: PlantTokenStates, embeddings: torch.Tensor, targets: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of the shortlisted labels (the others get `UNSCORED_LOGIT`) and the labels scored `(batch, labels)`,
-        -1 padded: the shortlist and, in training, each document's positives and `shortlist_negatives` random
-        labels."""
+        -1 padded: the shortlist and, in training mode, each document's positives and `shortlist_negatives` random
+        labels (never in evaluation, where scoring the positives would flatter the dev metrics)."""
         shortlist = self.shortlist(embeddings)
-        if targets is not None:
+        if targets is not None and self.training:  # in evaluation, the positives must earn their place
             positive = targets > 0
             values, positives = positive.float().topk(max(int(positive.sum(1).max()), 1), dim=1)
             random = torch.randint(

@@ -116,7 +116,8 @@ def test_the_matcher_loss_counts_a_node_only_under_a_positive_parent():
 
 
 def test_shortlisted_training_scores_positives_hard_and_random_negatives_only():
-    model = treed_model(shortlist_negatives=2)  # eval: no dropout, so that the embeddings match
+    model = treed_model(shortlist_negatives=2).train()
+    model.model.eval()  # no dropout in the backbone, so that the embeddings below match the forward pass's
     ids = random_ids(2, 30)
     labels = torch.zeros(2, 12)
     labels[0, 0] = labels[1, 11] = 1
@@ -134,6 +135,14 @@ def test_shortlisted_training_scores_positives_hard_and_random_negatives_only():
         embeddings = model.document_embeddings(input_ids=ids)
     expected = by_hand / scored.sum() + model.matcher.loss(embeddings, labels)
     torch.testing.assert_close(output.loss, expected, atol=1e-5, rtol=1e-5)
+    # In evaluation the labels only give the loss: the scored labels are the shortlist alone.
+    model.eval()
+    evaluated = model(input_ids=ids, labels=labels).logits > UNSCORED_LOGIT
+    shortlist = model.shortlist(embeddings)
+    listed = [set(shortlist[row][shortlist[row] >= 0].tolist()) for row in range(2)]
+    assert 0 not in listed[0] or 11 not in listed[1]  # a positive the matcher missed stays unscored
+    for row in range(2):
+        assert set(evaluated[row].nonzero().flatten().tolist()) == listed[row]
 
 
 def test_below_the_shortlist_label_count_the_head_scores_every_label_and_still_trains_the_matcher():
