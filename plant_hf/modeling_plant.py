@@ -913,9 +913,17 @@ class PlantPreTrainedModel(PreTrainedModel):
             from transformers.utils import cached_file
 
             hub = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-            path = cached_file(
-                str(pretrained_model_name_or_path), MEMORY_FILE, **{k: kwargs[k] for k in hub if k in kwargs}
-            )
+            try:
+                path = cached_file(
+                    str(pretrained_model_name_or_path), MEMORY_FILE, **{k: kwargs[k] for k in hub if k in kwargs}
+                )
+            except OSError as error:
+                raise OSError(
+                    f"{pretrained_model_name_or_path}: its config.json records a retrieval memory of "
+                    f"{model.config.memory_size} documents, but {MEMORY_FILE} cannot be found beside the weights "
+                    f"({error}). Restore that file, or set memory_size to 0 in config.json to load the model "
+                    "without its memory."
+                ) from None
             model.set_memory(PlantDocumentMemory.load(path, model.config).to(model.device))
         return loaded
 

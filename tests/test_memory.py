@@ -66,6 +66,9 @@ def test_a_saved_memory_reloads_and_one_of_another_model_is_refused(tmp_path):
               str(tmp_path / "model" / MEMORY_FILE))  # fmt: skip
     with pytest.raises(ValueError, match=f"{MEMORY_FILE}: a memory of 2 entries .* expects 3"):
         PlantForMultiLabelClassification.from_pretrained(tmp_path / "model")
+    (tmp_path / "model" / MEMORY_FILE).unlink()
+    with pytest.raises(OSError, match=f"records a retrieval memory of 3 documents, but {MEMORY_FILE} cannot be found"):
+        PlantForMultiLabelClassification.from_pretrained(tmp_path / "model")
 
 
 def test_memory_entries_must_name_the_models_labels():
