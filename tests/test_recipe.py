@@ -440,6 +440,20 @@ def test_two_process_run_matches_the_single_process_loss_curve(workspace, tmp_pa
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=2e-3, atol=2e-4)
 
 
+def test_two_processes_build_one_label_tree_and_train_the_shortlisting_model(workspace, tmp_path):
+    run = tmp_path / "run"
+    options = "--planting none --num_train_epochs 1 --per_device_train_batch_size 8 --ddp_backend gloo --memory false"
+    options += " --lexical false --label_tree on --shortlist_min_labels 1 --label_tree_arity 2 --label_tree_leaf_size 2"
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534")
+    result = subprocess.run(cli_fit(workspace, run, *options.split(), launcher=launcher), capture_output=True,
+                            text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "label_tree" / "label_tree.safetensors").exists()
+    model = PlantForMultiLabelClassification.from_pretrained(run / "model")
+    assert model.shortlisting and model.config.label_tree_leaf_size == 2
+    assert json.loads((run / "eval" / "test_metrics.json").read_text())["label_tree"]["recall"] > 0
+
+
 @pytest.mark.parametrize("name", ["single_gpu", "multi_gpu_ddp", "fsdp", "deepspeed_zero3"])
 def test_shipped_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import load_config_from_file

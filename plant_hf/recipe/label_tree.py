@@ -5,10 +5,12 @@ and, from `shortlist_min_labels` labels on, the head trains on each document's s
 """
 
 from dataclasses import field
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging
 
@@ -81,19 +83,21 @@ def label_tree_stage(context: RunContext, model: PlantForMultiLabelClassificatio
     path = context.folder / "label_tree" / LABEL_TREE_FILE
     context.begin_stage("label tree", path)
     if not path.exists():
-        with context.training.main_process_first(desc="label tree"):
-            if context.is_main and not path.exists():
-                _build(context, model, path)
+        # Every process takes part in the prediction loop (it is collective); the main one clusters and saves.
+        embeddings = document_embeddings(context, model, *inference_inputs(context, model, "train"), "label tree")
+        if context.is_main:
+            _build(context, embeddings, path)
+        PartialState().wait_for_everyone()
     tree = load_file(str(path))
     model.set_label_tree(tree["children"], tree["leaf_labels"], tree["node_weights"])
     with torch.no_grad():
         model.matcher.node_bias.fill_(_CENTROID_BIAS)
 
 
-def _build(context: RunContext, model: PlantForMultiLabelClassification, path) -> None:
-    """Cluster the labels on the training split and save the tree with its nodes' starting classifiers."""
+def _build(context: RunContext, embeddings: torch.Tensor, path: Path) -> None:
+    """Cluster the labels on the training split (its documents' `embeddings` and TF-IDF) and save the tree with its
+    nodes' starting classifiers."""
     args, train = context.args, context.splits["train"]
-    embeddings = document_embeddings(context, model, *inference_inputs(context, model, "train"), "label tree")
     tfidf = tfidf_vectorizer(args.lexical_ngrams, args.lexical_min_df).fit_transform(train["text"]).tocsr()
     label_ids = context.tokenized("train")["label_ids"]
     structure = build_label_tree(
