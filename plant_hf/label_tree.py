@@ -14,6 +14,8 @@ import torch
 from scipy import sparse
 from transformers.utils import logging
 
+from .modeling_plant import tree_parents
+
 logger = logging.get_logger(__name__)
 
 # napkinxc's tree format: (parent node, node, label), -1 for the root's parent and for nodes without a label.
@@ -107,9 +109,7 @@ def pifa_node_weights(
     """Each node's PIFA centroid on the documents' embeddings `(documents, hidden)`: the normalised sum of the
     embeddings of the documents that carry a label below it, each document once (zeros where none does)."""
     num_nodes = children.shape[0]
-    parent = torch.full((num_nodes,), -1, dtype=torch.long)
-    inner = children >= 0
-    parent[children[inner]] = torch.arange(num_nodes).unsqueeze(1).expand_as(children)[inner]
+    parent = tree_parents(children)
     leaf_of = torch.full((int(leaf_labels.max()) + 1,), -1, dtype=torch.long)
     placed = leaf_labels >= 0
     leaf_of[leaf_labels[placed]] = torch.arange(num_nodes).unsqueeze(1).expand_as(leaf_labels)[placed]

@@ -767,12 +767,19 @@ class PlantDocumentMemory(nn.Module):
         entries, weights = self._nearest(queries, keys)
         return scores.scatter_add_(1, labels[entries], weights)
 
-    def fuse(self, logits: torch.Tensor, queries: torch.Tensor, weight: float, description_weight: float = 0.0):
+    def fuse(
+        self,
+        logits: torch.Tensor,
+        queries: torch.Tensor,
+        weight: float,
+        description_weight: float = 0.0,
+        scores: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The logits of `(1 - d) [(1 - m) sigmoid(logits) + m memory] + d descriptions` (fp32), `m` the `weight`
-        and `d` the `description_weight`."""
+        and `d` the `description_weight`; `scores`: the memory's scores of `queries`, where already computed."""
         mixture = torch.sigmoid(logits.float())
         if weight:
-            mixture = (1.0 - weight) * mixture + weight * self.scores(queries)
+            mixture = (1.0 - weight) * mixture + weight * (self.scores(queries) if scores is None else scores)
         if description_weight:
             mixture = (1.0 - description_weight) * mixture + description_weight * self.description_scores(queries)
         tiny = 1e-7  # the mixture's logit stays finite where both sides are 0 or 1
@@ -784,6 +791,14 @@ MEMORY_FILE = "memory.safetensors"
 
 # Checkpoints saved before the head was named `score` (as PEFT's sequence-classification recipe expects) load as well.
 _EARLIER_HEAD_NAMES = {r"^label_attention\.value\.": "score.value_projection.", r"^label_attention\.": "score."}
+
+
+def tree_parents(children: torch.Tensor) -> torch.Tensor:
+    """Each node's parent in a tree given by its child table `(nodes, arity)` (-1 padded); -1 for the root."""
+    parents = torch.full((children.shape[0],), -1, dtype=torch.long, device=children.device)
+    listed = children >= 0
+    rows = torch.arange(children.shape[0], device=children.device).unsqueeze(1).expand_as(children)
+    return parents.index_put_((children[listed],), rows[listed])
 
 
 class PlantLabelMatcher(nn.Module):
@@ -824,11 +839,15 @@ class PlantLabelMatcher(nn.Module):
         self.node_children = children.to(self.node_children.device, torch.long)
         self.leaf_labels = leaf_labels.to(self.leaf_labels.device, torch.long)
 
+    def node_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Every node's classifier logit, `(batch, nodes)` in fp32."""
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return embeddings.float() @ self.node_weights.float().T + self.node_bias.float()
+
     def node_log_probs(self, embeddings: torch.Tensor) -> torch.Tensor:
         """`log sigmoid` of every node's classifier, `(batch, nodes)` in fp32 (the root's is 0)."""
-        with torch.autocast(embeddings.device.type, enabled=False):
-            logits = embeddings.float() @ self.node_weights.float().T + self.node_bias.float()
-        return F.logsigmoid(logits).index_fill(1, torch.zeros(1, dtype=torch.long, device=logits.device), 0.0)
+        log_probs = F.logsigmoid(self.node_logits(embeddings))
+        return log_probs.index_fill(1, torch.zeros(1, dtype=torch.long, device=log_probs.device), 0.0)
 
     @torch.no_grad()
     def beam_search(self, embeddings: torch.Tensor, beam: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -859,7 +878,6 @@ class PlantLabelMatcher(nn.Module):
 
     def node_targets(self, labels: torch.Tensor) -> torch.Tensor:
         """Each node's target for multi-hot `labels` `(batch, num_labels)`: whether any label below it is one."""
-        targets = torch.zeros(labels.shape[0], self.node_children.shape[0], device=labels.device)
         leaf_hits = labels.float().gather(1, self.leaf_labels.clamp(min=0).flatten().expand(labels.shape[0], -1))
         leaf_hits = leaf_hits.view(labels.shape[0], *self.leaf_labels.shape).masked_fill(self.leaf_labels < 0, 0)
         targets = leaf_hits.amax(-1)
@@ -873,15 +891,9 @@ class PlantLabelMatcher(nn.Module):
         """The probabilistic label tree's loss: each node's binary cross-entropy on the documents whose parent
         node is positive (every document for the root's children), averaged over those pairs."""
         targets = self.node_targets(labels)
-        parents = torch.full((self.node_children.shape[0],), -1, dtype=torch.long, device=labels.device)
-        kids = self.node_children.flatten()
-        parents[kids[kids >= 0]] = torch.arange(self.node_children.shape[0], device=labels.device).repeat_interleave(
-            self.node_children.shape[1]
-        )[kids >= 0]
+        parents = tree_parents(self.node_children)
         counted = targets[:, parents.clamp(min=0)].masked_fill((parents < 0).unsqueeze(0), 0.0)
-        with torch.autocast(embeddings.device.type, enabled=False):
-            logits = embeddings.float() @ self.node_weights.float().T + self.node_bias.float()
-        losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        losses = F.binary_cross_entropy_with_logits(self.node_logits(embeddings), targets, reduction="none")
         return (losses * counted).sum() / counted.sum().clamp(min=1.0)
 
 
@@ -1099,11 +1111,15 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             self.config.memory_weight = self.config.memory_description_weight = 0.0
 
     def set_label_tree(
-        self, children: torch.Tensor, leaf_labels: torch.Tensor, node_weights: torch.Tensor | None = None
+        self,
+        children: torch.Tensor,
+        leaf_labels: torch.Tensor,
+        node_weights: torch.Tensor | None = None,
+        node_bias: torch.Tensor | None = None,
     ) -> None:
         """Give the model a label tree (`PlantLabelMatcher`'s tables, as `plant_hf.label_tree.tree_tables` makes
-        them) and a fresh matcher over it, its node classifiers started at `node_weights` (e.g. the nodes' PIFA
-        centroids, scaled) or at zero; the config records the tree's shape."""
+        them) and a fresh matcher over it, its node classifiers started at `node_weights` and `node_bias` (e.g. the
+        nodes' PIFA centroids, scaled) or at zero; the config records the tree's shape."""
         labels = leaf_labels[leaf_labels >= 0].sort().values
         if not torch.equal(labels.cpu(), torch.arange(self.config.num_labels)):
             raise ValueError(f"The label tree must hold each of this model's {self.config.num_labels} labels once.")
@@ -1112,9 +1128,10 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         device = self.score.label_bias.device
         self.matcher = PlantLabelMatcher(self.config.text_config.hidden_size, *children.shape, leaf_labels.shape[1])
         self.matcher.to(device).set_tree(children, leaf_labels)
-        if node_weights is not None:
-            with torch.no_grad():
-                self.matcher.node_weights.copy_(node_weights)
+        with torch.no_grad():
+            for parameter, start in ((self.matcher.node_weights, node_weights), (self.matcher.node_bias, node_bias)):
+                if start is not None:
+                    parameter.copy_(start)
 
     @torch.no_grad()
     def document_embeddings(
@@ -1193,10 +1210,14 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         targets = None if labels is None else self._targets(labels)
         keep_sums = remember or (targets is not None and self.matcher is not None)
         shortlist = None
+        remembered = None  # the memory's scores, where both the shortlist and the mixture need them
         if self.shortlisting:
             flat = self._states(input_ids, attention_mask, token_type_ids, inputs_embeds, token_states)
             sums = masked_state_sums(flat.hidden_states, flat.attention_mask)
-            logits, shortlist = self._shortlisted_logits(flat, mean_token_states(*sums), targets)
+            embeddings = mean_token_states(*sums)
+            if self.memory is not None and len(self.memory):
+                remembered = self.memory.scores(embeddings)
+            logits, shortlist = self._shortlisted_logits(flat, embeddings, targets, remembered)
             states, maps = flat.hidden_states, None
         elif token_states is not None:
             mask = self._states_mask(token_states, attention_mask)
@@ -1210,7 +1231,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             maps = None if maps is None else chunks.to_input_layout(maps)
         embeddings = None if sums is None else mean_token_states(*sums)
         if remember:
-            logits = self.memory.fuse(logits, embeddings, *weights)
+            logits = self.memory.fuse(logits, embeddings, *weights, scores=remembered)
         loss = None
         if targets is not None:
             if shortlist is None:
@@ -1235,15 +1256,15 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         return self.matcher is not None and least is not None and self.config.num_labels >= least
 
     @torch.no_grad()
-    def shortlist(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def shortlist(self, embeddings: torch.Tensor, memory_scores: torch.Tensor | None = None) -> torch.Tensor:
         """The labels the head scores for documents of these `document_embeddings`, `(batch, labels)`, -1 padded,
         each once: those of the matcher's `shortlist_beam` best leaf clusters and those of the memory's retrieved
-        entries (where the model has a memory)."""
+        entries (where the model has a memory; `memory_scores`: its scores, where already computed)."""
         if self.matcher is None:
             raise ValueError("This model has no label tree to shortlist labels with (set_label_tree gives it one).")
         shortlist = self.matcher.shortlist(embeddings, self.config.shortlist_beam)
         if self.memory is not None and len(self.memory):
-            remembered = self.memory.scores(embeddings)
+            remembered = self.memory.scores(embeddings) if memory_scores is None else memory_scores
             values, retrieved = remembered.topk(max(int((remembered > 0).sum(1).max()), 1), dim=1)
             shortlist = torch.cat([shortlist, retrieved.masked_fill(values <= 0, -1)], dim=1)
         return _distinct(shortlist)
@@ -1268,12 +1289,16 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         return PlantTokenStates(hidden_states=token_states, attention_mask=mask, input_ids=input_ids)
 
     def _shortlisted_logits(
-        self, states: PlantTokenStates, embeddings: torch.Tensor, targets: torch.Tensor | None
+        self,
+        states: PlantTokenStates,
+        embeddings: torch.Tensor,
+        targets: torch.Tensor | None,
+        memory_scores: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of the shortlisted labels (the others get `UNSCORED_LOGIT`) and the labels scored `(batch, labels)`,
         -1 padded: the shortlist and, in training mode, each document's positives and `shortlist_negatives` random
         labels (never in evaluation, where scoring the positives would flatter the dev metrics)."""
-        shortlist = self.shortlist(embeddings)
+        shortlist = self.shortlist(embeddings, memory_scores)
         if targets is not None and self.training:  # in evaluation, the positives must earn their place
             positive = targets > 0
             values, positives = positive.float().topk(max(int(positive.sum(1).max()), 1), dim=1)
@@ -1457,20 +1482,21 @@ def _forward_parameters(module: nn.Module) -> set[str]:
     return set(inspect.signature(module.forward).parameters)
 
 
-__all__ = [
-    "PlantDocumentMemory",
-    "PlantForMultiLabelClassification",
-    "PlantLabelAttention",
-    "PlantOutput",
-    "PlantPreTrainedModel",
-    "chunk_special_ids",
-    "document_pieces",
-]
-
-
 def _distinct(ids: torch.Tensor) -> torch.Tensor:
     """Each row's ids sorted, with repeats and padding set to -1."""
     ordered = ids.sort(dim=1).values
     repeated = torch.zeros_like(ordered, dtype=torch.bool)
     repeated[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
     return ordered.masked_fill(repeated | (ordered < 0), -1)
+
+
+__all__ = [
+    "PlantDocumentMemory",
+    "PlantForMultiLabelClassification",
+    "PlantLabelAttention",
+    "PlantLabelMatcher",
+    "PlantOutput",
+    "PlantPreTrainedModel",
+    "chunk_special_ids",
+    "document_pieces",
+]

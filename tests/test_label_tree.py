@@ -277,6 +277,10 @@ def test_the_shortlist_holds_the_labels_of_the_memorys_nearest_training_document
     logits = model(input_ids=ids).logits[0]  # memory weight 0: the head's logits, the unscored at the least
     scored = set((logits > UNSCORED_LOGIT).nonzero().flatten().tolist())
     assert scored == beam | set(outside)
+    # With the memory mixed in, its scores (computed once for the shortlist and the mixture) enter as the formula says.
+    model.config.memory_weight = 0.5
+    mixed = model(input_ids=ids).logits[0]
+    torch.testing.assert_close(mixed, model.memory.fuse(logits.unsqueeze(0), embeddings, 0.5)[0])
 
 
 @pytest.fixture(scope="module")

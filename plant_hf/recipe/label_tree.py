@@ -89,9 +89,7 @@ def label_tree_stage(context: RunContext, model: PlantForMultiLabelClassificatio
             _build(context, embeddings, path)
         PartialState().wait_for_everyone()
     tree = load_file(str(path))
-    model.set_label_tree(tree["children"], tree["leaf_labels"], tree["node_weights"])
-    with torch.no_grad():
-        model.matcher.node_bias.fill_(_CENTROID_BIAS)
+    model.set_label_tree(tree["children"], tree["leaf_labels"], tree["node_weights"], tree["node_bias"])
 
 
 def _build(context: RunContext, embeddings: torch.Tensor, path: Path) -> None:
@@ -112,7 +110,10 @@ def _build(context: RunContext, embeddings: torch.Tensor, path: Path) -> None:
     weights = _CENTROID_SCALE * pifa_node_weights(embeddings, label_ids, children, leaf_labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as partial:
-        save_file({"children": children, "leaf_labels": leaf_labels, "node_weights": weights}, str(partial))
+        bias = torch.full((children.shape[0],), _CENTROID_BIAS)
+        save_file(
+            {"children": children, "leaf_labels": leaf_labels, "node_weights": weights, "node_bias": bias}, str(partial)
+        )
     leaves = int((leaf_labels >= 0).any(1).sum())
     sizes = (leaf_labels >= 0).sum(1).numpy()
     logger.info(
