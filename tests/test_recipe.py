@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -375,7 +376,7 @@ def test_killed_run_resumes_to_the_same_weights(workspace, tmp_path):
         "4",
         "--save_total_limit",
         "100",
-        "--early_stopping_patience",  # twelve steps must run before the kill
+        "--early_stopping_patience",
         "100",
     ]
     uninterrupted = tmp_path / "whole"
@@ -383,14 +384,24 @@ def test_killed_run_resumes_to_the_same_weights(workspace, tmp_path):
     killed = tmp_path / "killed"
     process = subprocess.Popen(cli_fit(workspace, killed, *steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not list((killed / "checkpoints").glob("checkpoint-12")) and time.time() < deadline:
+    while not list((killed / "checkpoints").glob("checkpoint-32")) and time.time() < deadline:
         time.sleep(0.2)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (killed / "model").exists()
+    # whenever the kill came, the run is made to have died while writing step 28's checkpoint: it must resume from
+    # step 24, inside its second epoch (20 steps each), where the batches' order comes from a sampler mid-epoch
+    for checkpoint in (killed / "checkpoints").glob("checkpoint-*"):
+        if int(checkpoint.name.split("-")[1]) > 28:
+            shutil.rmtree(checkpoint)
+    (killed / "checkpoints" / "checkpoint-28" / "trainer_state.json").unlink()
     refused = subprocess.run(cli_fit(workspace, killed, *steps), capture_output=True, text=True, timeout=600)
-    assert refused.returncode == 2 and "pass --resume to continue it" in refused.stderr
-    subprocess.run(cli_fit(workspace, killed, *steps, "--resume"), check=True, capture_output=True, timeout=600)
+    assert refused.returncode == 2 and "interrupted fine-tuning (checkpoint-24)" in refused.stderr
+    assert "pass --resume to continue it" in refused.stderr
+    resumed_run = subprocess.run(
+        cli_fit(workspace, killed, *steps, "--resume"), check=True, capture_output=True, text=True, timeout=600
+    )
+    assert "removing checkpoint-28" in resumed_run.stdout
     whole = load_file(str(uninterrupted / "model" / "model.safetensors"))
     resumed = load_file(str(killed / "model" / "model.safetensors"))
     assert whole.keys() == resumed.keys()

@@ -19,6 +19,7 @@ from torch.utils.data import SequentialSampler
 from tqdm.auto import tqdm
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PredictionOutput, has_length
 from transformers.utils import logging
 
@@ -181,9 +182,24 @@ class XMCTrainer(Trainer):
             self.remove_callback(PrinterCallback if self.args.disable_tqdm else ProgressCallback)
             self.add_callback(StageProgress(stage))
         self._eval_order: np.ndarray | None = None
+        self._train_sampler: torch.utils.data.Sampler | None = None
         if self.compute_metrics is not None:
             compute_metrics = self.compute_metrics
             self.compute_metrics = lambda prediction: compute_metrics(self._prediction_in_split_order(prediction))
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
+            sampler = EpochSeededLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths, seed=seed)
+        self._train_sampler = sampler
+        return sampler
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        # the batch-skipping loader of a run resumed inside an epoch does not always pass Trainer's set_epoch on
+        if hasattr(self._train_sampler, "set_epoch"):
+            self._train_sampler.set_epoch(int(self.state.epoch))
+        return super().get_resumed_dataloader(dataloader, num_batches)
 
     def _get_eval_sampler(self, eval_dataset):
         if eval_dataset is None or not has_length(eval_dataset):
@@ -218,6 +234,25 @@ class XMCTrainer(Trainer):
         ordered = np.empty_like(values)
         ordered[self._eval_order] = values
         return ordered
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped batches drawn from the seed and the epoch alone: a run resumed inside an epoch sees the
+    batches the uninterrupted run saw (drawn from the global generator, they would follow whatever it holds when the
+    resumed epoch starts)."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from super().__iter__()
+        self.epoch += 1
 
 
 class StageProgress(ProgressCallback):
@@ -418,6 +453,7 @@ class GradualUnfreezing(TrainerCallback):
 
 __all__ = [
     "PARAMETER_GROUPS",
+    "EpochSeededLengthGroupedSampler",
     "GradualUnfreezing",
     "PlantTrainer",
     "PlantTrainingArguments",
