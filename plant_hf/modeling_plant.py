@@ -346,6 +346,8 @@ class PlantLabelAttention(nn.Module):
         "prior_token_bias",
         "prior_label_factors",
     )
+    # The tables of one row per label that a shortlisted step reads only in part.
+    SPARSE_TABLES = ("label_queries", "label_weights", "prior_label_factors")
 
     def __init__(
         self,
@@ -377,10 +379,25 @@ class PlantLabelAttention(nn.Module):
             self.prior_label_factors = nn.Parameter(torch.empty(num_labels, prior_rank))
         self.inattention_k = inattention_k
         self.label_block_size = label_block_size
+        self.sparse_gradients = False
 
     @property
     def num_labels(self) -> int:
         return self.label_queries.shape[0]
+
+    def enable_sparse_gradients(self) -> list[nn.Parameter]:
+        """From now on, rows of the label tables read for a list of labels (a shortlist) reach them through an
+        embedding lookup whose gradient is sparse: a step touches only those rows, not a dense table per label
+        (the optimizer must take sparse gradients, as `torch.optim.SparseAdam` does). The tables concerned."""
+        self.sparse_gradients = True
+        return [getattr(self, name) for name in self.SPARSE_TABLES if hasattr(self, name)]
+
+    def rows(self, table: str, labels: slice | torch.Tensor) -> torch.Tensor:
+        """The rows of a label table (`label_queries`, `label_weights`, `prior_label_factors`) for `labels`, fp32."""
+        weight = getattr(self, table)
+        if self.sparse_gradients and isinstance(labels, torch.Tensor):
+            return F.embedding(labels, weight, sparse=True).float()
+        return weight[labels].float()
 
     def _values(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return hidden_states if self.value_projection is None else self.value_projection(hidden_states)
@@ -422,9 +439,9 @@ class PlantLabelAttention(nn.Module):
 
     def queries(self, labels: slice | torch.Tensor, contextual: bool = True) -> torch.Tensor:
         """Label queries matching the keys of `project_tokens` (with or without the contextual part)."""
-        parts = [self.label_queries[labels].float()] if contextual else []
+        parts = [self.rows("label_queries", labels)] if contextual else []
         if self.has_prior:
-            parts.append(self.prior_label_factors[labels].float())
+            parts.append(self.rows("prior_label_factors", labels))
         return torch.cat(parts, dim=-1)
 
     def block_scores(self, keys: torch.Tensor, salience: torch.Tensor, labels: slice) -> torch.Tensor:
@@ -536,7 +553,7 @@ class PlantLabelAttention(nn.Module):
     def _block_step(
         self, labels: slice, matmul_dtype: torch.dtype, keys, salience, value_states, *block_state
     ) -> tuple[torch.Tensor, ...]:
-        label_weights = self.label_weights[labels].float()
+        label_weights = self.rows("label_weights", labels)
         if self.inattention_k is None:
             queries = self.queries(labels)
             return _LabelSoftmaxFold.apply(
@@ -1311,7 +1328,7 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
         contexts = self.score.label_contexts(
             self.dropout(states.hidden_states), states.attention_mask, chosen, states.input_ids
         )
-        scores = torch.einsum("bmv,bmv->bm", contexts, self.score.label_weights.float()[chosen])
+        scores = torch.einsum("bmv,bmv->bm", contexts, self.score.rows("label_weights", chosen))
         scores = scores + self.score.label_bias.float()[chosen]
         logits = scores.new_full((scores.shape[0], self.config.num_labels + 1), UNSCORED_LOGIT)
         padded = shortlist.masked_fill(shortlist < 0, self.config.num_labels)  # the spare column takes the padding

@@ -145,6 +145,68 @@ def test_shortlisted_training_scores_positives_hard_and_random_negatives_only():
         assert set(evaluated[row].nonzero().flatten().tolist()) == listed[row]
 
 
+def shortlisted_backward(model, sparse: bool) -> dict[str, torch.Tensor]:
+    """The label tables' gradients of one shortlisted training step (the same random negatives every call)."""
+    model.zero_grad(set_to_none=True)
+    model.score.sparse_gradients = sparse
+    labels = torch.zeros(2, 12)
+    labels[0, 0] = labels[1, 11] = labels[1, 4] = 1
+    torch.manual_seed(0)
+    model(input_ids=random_ids(2, 30), labels=labels).loss.backward()
+    return {name: getattr(model.score, name).grad for name in ("label_queries", "label_weights")}
+
+
+def test_sparse_label_gradients_are_the_dense_ones_on_the_rows_read():
+    model = treed_model(shortlist_negatives=2).train()
+    model.model.eval()
+    dense = shortlisted_backward(model, sparse=False)
+    sparse = shortlisted_backward(model, sparse=True)
+    for name, gradient in sparse.items():
+        assert gradient.is_sparse and not dense[name].is_sparse
+        torch.testing.assert_close(gradient.to_dense(), dense[name], atol=1e-6, rtol=1e-5)
+        read = set(gradient.coalesce().indices()[0].tolist())
+        assert {0, 4, 11} <= read and len(read) < 12  # positives always; not every label
+    assert model.score.label_bias.grad is not None and not model.score.label_bias.grad.is_sparse
+
+
+def test_plant_trainer_moves_only_the_label_rows_a_step_read_and_resumes_its_optimizer(tmp_path):
+    from plant_hf.data import PlantDataCollator
+    from plant_hf.training.trainer import PlantTrainer, PlantTrainingArguments, WithSparseAdam, clip_gradient_norm
+
+    model = treed_model(shortlist_negatives=0)
+    documents = [{"input_ids": random_ids(1, 20, seed=i)[0].tolist(), "label_ids": [i % 2]} for i in range(4)]
+    args = PlantTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, warmup_steps=0, report_to=[],
+        use_cpu=True, save_strategy="no", eval_strategy="no", load_best_model_at_end=False, max_grad_norm=1e-3,
+    )  # fmt: skip
+    trainer = PlantTrainer(model=model, args=args, train_dataset=documents,
+                           data_collator=PlantDataCollator(num_labels=12, pad_token_id=0))  # fmt: skip
+    before = model.score.label_queries.detach().clone()
+    with torch.no_grad():
+        embeddings = model.document_embeddings(input_ids=torch.tensor([d["input_ids"] for d in documents]))
+    shortlisted = set(model.shortlist(embeddings).flatten().tolist()) | {0, 1}
+    trainer.train()
+    assert isinstance(trainer.optimizer.optimizer, WithSparseAdam)
+    moved = set((model.score.label_queries != before).any(1).nonzero().flatten().tolist())
+    assert moved and moved <= shortlisted < set(range(12))
+    state = trainer.optimizer.state_dict()
+    assert len(state["sparse"]["state"]) == 2  # the moments of the label queries and label weights
+    fresh = PlantTrainer(model=model, args=args, train_dataset=documents,
+                         data_collator=PlantDataCollator(num_labels=12, pad_token_id=0)).create_optimizer()  # fmt: skip
+    fresh.load_state_dict(state)
+    assert fresh.param_groups[-1] is fresh.sparse.param_groups[-1]  # a scheduler reaches the loaded groups
+    loaded = fresh.state_dict()["sparse"]["state"]
+    torch.testing.assert_close(loaded[0]["exp_avg"], state["sparse"]["state"][0]["exp_avg"])
+    # The clip spans dense and sparse gradients: the norm of all of them together.
+    dense = shortlisted_backward(model, sparse=False)
+    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+    shortlisted_backward(model, sparse=True)
+    norm = clip_gradient_norm(model.parameters(), 0.5)
+    torch.testing.assert_close(norm, expected, atol=1e-5, rtol=1e-5)
+    scale = 0.5 / (expected + 1e-6)
+    torch.testing.assert_close(model.score.label_weights.grad.to_dense(), dense["label_weights"] * scale)
+
+
 def test_below_the_shortlist_label_count_the_head_scores_every_label_and_still_trains_the_matcher():
     model = treed_model(shortlist_min_labels=13)
     assert not model.shortlisting

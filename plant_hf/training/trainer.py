@@ -23,6 +23,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PredictionOutput, has_length
 from transformers.utils import logging
 
+from ..modeling_plant import PlantLabelAttention
+
 logger = logging.get_logger(__name__)
 
 # The three parts of a PLANT classifier that the recipe trains at their own rates and unfreezes in turn.
@@ -350,26 +352,114 @@ def document_lengths(dataset) -> np.ndarray | None:
 
 
 class PlantTrainer(XMCTrainer):
-    """A Trainer whose optimizer gives the head, the planted attention and the backbone their own learning rates."""
+    """A Trainer whose optimizer gives the head, the planted attention and the backbone their own learning rates.
+
+    A shortlisting model's label tables (one row per label) take sparse gradients and `torch.optim.SparseAdam`
+    beside the dense optimizer, so that a step at a million labels moves only the rows its shortlists read; in a
+    single process only (several processes train them with dense gradients).
+    """
+
+    _sparse_tables: tuple[nn.Parameter, ...] = ()
 
     def create_optimizer(self, model: nn.Module | None = None):
         if self.optimizer is None:
             model = self.model if model is None else model
+            self._sparse_tables = tuple(self._switch_to_sparse_gradients(model))
+            sparse_ids = {id(table) for table in self._sparse_tables}
             decay = set(self.get_decay_parameter_names(model))
             rates = self.args.group_learning_rates()
-            groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+            groups: dict[tuple[str, bool, bool], list[nn.Parameter]] = {}
             for name, parameter in model.named_parameters():
                 if parameter.requires_grad:
-                    groups.setdefault((parameter_group(name), name in decay), []).append(parameter)
+                    key = (parameter_group(name), name in decay, id(parameter) in sparse_ids)
+                    groups.setdefault(key, []).append(parameter)
             optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
             self.optimizer = optimizer_class(
                 [
                     {"params": params, "lr": rates[group], "weight_decay": self.args.weight_decay if decays else 0.0}
-                    for (group, decays), params in groups.items()
+                    for (group, decays, sparse), params in groups.items()
+                    if not sparse
                 ],
                 **optimizer_kwargs,
             )
+            if sparse_ids:
+                tables = torch.optim.SparseAdam(
+                    [{"params": params, "lr": rates[group]} for (group, _, sparse), params in groups.items() if sparse],
+                    betas=(self.args.adam_beta1, self.args.adam_beta2),
+                    eps=self.args.adam_epsilon,
+                )
+                self.optimizer = WithSparseAdam(self.optimizer, tables)
         return self.optimizer
+
+    def _switch_to_sparse_gradients(self, model: nn.Module) -> list[nn.Parameter]:
+        plant = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # DDP's reducer expects sparse gradients from embedding modules only, FSDP and DeepSpeed shard dense ones
+        distributed = self.args.world_size > 1 or self.is_fsdp_enabled or self.is_deepspeed_enabled
+        if not getattr(plant, "shortlisting", False) or distributed:
+            return []
+        attention = [module for module in model.modules() if isinstance(module, PlantLabelAttention)]
+        return [table for module in attention for table in module.enable_sparse_gradients() if table.requires_grad]
+
+    def _clip_grad_norm(self, model):
+        if not self._sparse_tables:
+            return super()._clip_grad_norm(model)
+        self.accelerator.unscale_gradients()
+        return clip_gradient_norm(model.parameters(), self.args.max_grad_norm)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if grad_norm is None and self._sparse_tables:
+            grad_norm = clip_gradient_norm(model.parameters(), float("inf"))
+        return super()._get_grad_norm(model, grad_norm)
+
+
+class WithSparseAdam(torch.optim.Optimizer):
+    """A dense optimizer beside `torch.optim.SparseAdam` for the parameters that take sparse gradients, as one
+    optimizer to Trainer: stepped, zeroed, scheduled (through the joined `param_groups`) and checkpointed together.
+    SparseAdam is lazy (a row and its moments move only in the steps that read it) and has no weight decay."""
+
+    def __init__(self, dense: torch.optim.Optimizer, sparse: torch.optim.SparseAdam):
+        super().__init__([{"params": []}], {})
+        self.dense, self.sparse = dense, sparse
+        self.defaults = dense.defaults
+        self._join_groups()
+
+    def _join_groups(self) -> None:
+        self.param_groups = [*self.dense.param_groups, *self.sparse.param_groups]
+
+    def step(self, closure=None):
+        loss = self.dense.step(closure)
+        self.sparse.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none)
+        self.sparse.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.dense.load_state_dict(state_dict["dense"])
+        self.sparse.load_state_dict(state_dict["sparse"])
+        self._join_groups()  # loading replaced each optimizer's group dicts
+
+
+def clip_gradient_norm(parameters, max_norm: float) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` over dense and sparse gradients alike (it refuses sparse ones): the 2-norm of
+    all gradients together, returned, with every gradient scaled by `max_norm / norm` where the norm is larger."""
+    parameters = [parameter for parameter in parameters if parameter.grad is not None]
+    for parameter in parameters:
+        if parameter.grad.is_sparse:
+            parameter.grad = parameter.grad.coalesce()  # a row read twice in a step holds two entries until summed
+    dense = [parameter.grad for parameter in parameters if not parameter.grad.is_sparse]
+    norms = [torch.nn.utils.get_total_norm(dense)] if dense else []
+    norms += [torch.linalg.vector_norm(p.grad.values()) for p in parameters if p.grad.is_sparse]
+    total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.tensor(0.0)
+    if max_norm != float("inf"):
+        scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for parameter in parameters:
+            parameter.grad.mul_(scale.to(parameter.grad.device))
+    return total
 
 
 def last_complete_checkpoint(folder: Path, remove_incomplete: bool = False) -> str | None:
@@ -457,7 +547,9 @@ __all__ = [
     "GradualUnfreezing",
     "PlantTrainer",
     "PlantTrainingArguments",
+    "WithSparseAdam",
     "XMCTrainer",
+    "clip_gradient_norm",
     "document_lengths",
     "last_complete_checkpoint",
     "parameter_group",
