@@ -183,6 +183,16 @@ class PlantConfig(PreTrainedConfig):
         named = {**CUSTOM_PIPELINES, **(getattr(self, "custom_pipelines", None) or {})}
         self.custom_pipelines = {task: spec for task, spec in named.items() if not _registered_in_process(task)}
 
+    @property
+    def tokens_read(self) -> int | None:
+        """How many tokens of a document tokenized in one piece (special tokens included) the model reads:
+        `max_chunks` chunks of `chunk_size`, each framed by the special tokens; None where it reads every chunk or
+        does not split documents."""
+        if self.chunk_size is None or self.max_chunks is None:
+            return None
+        specials = len(self.chunk_prefix_ids or []) + len(self.chunk_suffix_ids or [])
+        return self.max_chunks * (self.chunk_size - specials) + specials
+
     def to_dict(self) -> dict:
         output = super().to_dict()
         output["custom_pipelines"] = {**CUSTOM_PIPELINES, **(output.get("custom_pipelines") or {})}

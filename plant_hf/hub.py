@@ -57,6 +57,8 @@ class TrainingInfo:
     language: list[str] | str | None = None
     datasets: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    # An example input for the Hub's inference widget (never a private corpus's text).
+    widget: str | None = None
 
     def save(self, folder: str | Path) -> None:
         write_json(Path(folder) / TRAINING_INFO_FILE, asdict(self))
@@ -89,6 +91,7 @@ def render_model_card(
         datasets=info.datasets or None,
         tags=["plant-hf", "plant", "extreme-multi-label-classification", "label-attention", "multi-label"],
         base_model=info.base_model if is_hub_id(info.base_model) else None,
+        widget=[{"text": info.widget}] if info.widget else None,
         model_name=model_name or model_id.rstrip("/").rsplit("/", 1)[-1],
         eval_results=[
             EvalResult(

@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard
 from transformers import pipeline
 
 from plant_hf import PlantClassificationPipeline
-from plant_hf.data import PlantDataCollator
+from plant_hf.data import LabelVocabulary, PlantDataCollator
 from plant_hf.data.synthetic import synthetic_vocabulary, write_synthetic_corpus
 from plant_hf.explanation import explanation_index, explanation_page
 from plant_hf.hub import TrainingInfo, push_to_hub, write_model_card
@@ -46,6 +46,53 @@ def trained(tmp_path_factory):
     return root / "run" / "model"
 
 
+def test_the_card_takes_license_and_language_from_the_backbones_card_local_or_on_the_hub(tmp_path, monkeypatch):
+    from huggingface_hub import repocard
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from plant_hf.recipe.card import backbone_card_metadata
+
+    card = tmp_path / "README.md"
+    card.write_text("---\nlicense: apache-2.0\nlanguage:\n- en\n---\n# A backbone\n")
+    expected = {"license": "apache-2.0", "language": ["en"]}
+    assert backbone_card_metadata(str(tmp_path)) == expected
+    fetched = []
+    monkeypatch.setattr(repocard, "hf_hub_download", lambda repo, name, **_: fetched.append((repo, name)) or str(card))
+    assert backbone_card_metadata("org/backbone") == expected and fetched == [("org/backbone", "README.md")]
+
+    def unreachable(*args, **kwargs):
+        raise LocalEntryNotFoundError("the Hub cannot be reached and the card is not cached")
+
+    monkeypatch.setattr(repocard, "hf_hub_download", unreachable)
+    assert backbone_card_metadata("org/backbone") == {}
+    assert backbone_card_metadata(str(tmp_path / "no-card")) == {}
+
+
+def test_the_widget_example_is_public_text_only(tmp_path):
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from plant_hf.recipe.card import widget_example
+
+    vocabulary = LabelVocabulary.from_training([["E11.9"], ["I10", "E11.9"], ["I10", "E11.9"]])
+    test = Dataset.from_dict({"text": [" ".join(f"word{i}" for i in range(100)), "another note"]})
+
+    def context(data, descriptions):
+        return SimpleNamespace(args=SimpleNamespace(data=data), splits={"test": test}, vocabulary=vocabulary,
+                               descriptions=descriptions)  # fmt: skip
+
+    catalogue = {"I10": "Essential (primary) hypertension", "E11.9": "Type 2 diabetes mellitus without complications"}
+    assert widget_example(context("synthetic", catalogue)) == " ".join(f"word{i}" for i in range(60))
+    corpus = tmp_path / "private"
+    corpus.mkdir()
+    (corpus / "train.jsonl").write_text('{"text": "a note", "labels": ["I10"]}\n')
+    # A local corpus's text stays out of the card: the most frequent described label's description stands in.
+    assert widget_example(context(str(corpus), catalogue)) == catalogue["E11.9"]
+    assert widget_example(context(str(corpus), {"I10": catalogue["I10"]})) == catalogue["I10"]
+    assert widget_example(context(str(corpus), {})) is None
+
+
 def test_card_round_trips_with_its_results(tmp_path):
     TrainingInfo(
         base_model="meta-llama/Llama-3.1-8B",
@@ -62,6 +109,7 @@ def test_card_round_trips_with_its_results(tmp_path):
         language="en",
         datasets=["org/icd-notes"],
         versions={"transformers": "5.0.0"},
+        widget="Essential (primary) hypertension",
     ).save(tmp_path)
     (tmp_path / "eval_report.json").write_text(json.dumps(REPORT))
     path = write_model_card(tmp_path, model_id="org/plant-icd")
@@ -72,6 +120,7 @@ def test_card_round_trips_with_its_results(tmp_path):
     assert card.data.base_model == "meta-llama/Llama-3.1-8B" and "plant-hf" in card.data.tags
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-classification"
     assert (card.data.license, card.data.language, card.data.datasets) == ("apache-2.0", "en", ["org/icd-notes"])
+    assert card.data.widget == [{"text": "Essential (primary) hypertension"}]
     assert card.data.model_name == "plant-icd" and card.data.eval_results[0].dataset_name == "org/icd-notes"
     text = card.text
     assert "| `learning_rate` | `0.002` |" in text and '"seed": 42' in text and "<details>" in text
@@ -210,6 +259,28 @@ def test_both_pipelines_read_a_long_document_as_training_did(trained):
         trained_on = xmc.model(**PlantDataCollator(num_labels=0, pad_token_id=0)([{"input_ids": chunks}]))
     probabilities = trained_on.logits.sigmoid()[0].tolist()
     assert [by_xmc[xmc.model.config.id2label[index]] for index in range(6)] == pytest.approx(probabilities, abs=1e-6)
+
+
+def test_the_saved_tokenizer_reads_as_far_as_the_model(trained, caplog):
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    tokenizer = AutoTokenizer.from_pretrained(trained)
+    assert tokenizer.model_max_length == 62  # two chunks of 32 tokens, each framed by [CLS] and [SEP]: 2 x 30 + 2
+    _, noise = synthetic_vocabulary(num_labels=6)
+    read = tokenizer(" ".join(noise[:100]), truncation=True)["input_ids"]
+    assert len(read) == 62 and read[0] == 1 and read[-1] == 2
+    # text-classification warns of "indexing errors" only for a document longer than the model reads
+    classify = pipeline("text-classification", model=str(trained))
+    transformers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            classify(" ".join(noise[:55]))
+            assert "indexing errors" not in caplog.text
+            classify(" ".join(noise[:100]))
+            assert "(102 > 62)" in caplog.text
+    finally:
+        transformers_logging.disable_propagation()
 
 
 def test_pipeline_says_how_much_of_a_long_document_it_read(trained, caplog):

@@ -4,12 +4,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from transformers.utils import logging
+
 from ..data import detect_format
 from ..files import write_json
-from ..hub import EVAL_REPORT_FILE, TrainingInfo, framework_versions, write_model_card
+from ..hub import EVAL_REPORT_FILE, TrainingInfo, framework_versions, is_hub_id, write_model_card
 from ..planting.transplant import load_ranker
 from .data import DEFAULT_BACKBONE_ID, SYNTHETIC_DATA, RunContext, default_settings, run_config
 from .finetuning import FINETUNING_SUMMARY, QLORA_MERGED
+
+logger = logging.get_logger(__name__)
 
 
 def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) -> None:
@@ -56,6 +60,7 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
         top_labels=top_labels(context),
         datasets=[args.data] if args.data != SYNTHETIC_DATA and detect_format(args.data) == "hub" else [],
         versions=framework_versions(),
+        widget=widget_example(context),
         **backbone_card_metadata(context.backbone),
     )
     info.save(model_folder)
@@ -93,15 +98,32 @@ def top_labels(context: RunContext, count: int = 20) -> dict[str, int]:
     return {vocabulary.labels[index]: int(vocabulary.counts[index]) for index in order[:count]}
 
 
+def widget_example(context: RunContext, words: int = 60) -> str | None:
+    """An example input for the Hub's widget: the start of the first test document where the corpus is public (a
+    Hub dataset or the built-in one), else the catalogue's description of the most frequent label that has one;
+    none otherwise, as a private corpus's text never goes into a card."""
+    data = context.args.data
+    test = context.splits.get("test")
+    if (data == SYNTHETIC_DATA or detect_format(data) == "hub") and test is not None and len(test):
+        return " ".join(test[0]["text"].split()[:words])
+    described = [label for label in top_labels(context, len(context.vocabulary)) if label in context.descriptions]
+    return context.descriptions[described[0]] if described else None
+
+
 def backbone_card_metadata(backbone: str) -> dict[str, Any]:
-    """The license and languages of a local backbone that ships a model card (a Hub backbone's card is not
-    fetched: the run stays offline)."""
+    """The license and languages of the backbone, from its model card: a local folder's README.md, or a Hub
+    repo's, fetched as its weights were (none where the Hub cannot be reached or the card says none)."""
     from huggingface_hub import ModelCard
+    from huggingface_hub.errors import HfHubHTTPError
 
     path = Path(backbone) / "README.md"
-    if not path.is_file():
+    if not path.is_file() and not is_hub_id(backbone):
         return {}
-    data = ModelCard.load(path).data
+    try:
+        data = ModelCard.load(path if path.is_file() else backbone).data
+    except (OSError, ValueError, HfHubHTTPError) as error:
+        logger.info(f"the model card names no license or language: {backbone}'s card could not be read ({error})")
+        return {}
     return {"license": data.license, "language": data.language}
 
 
@@ -118,4 +140,11 @@ def stage_lengths(context: RunContext) -> dict[str, dict[str, Any]]:
     return stages
 
 
-__all__ = ["backbone_card_metadata", "card_stage", "changed_options", "stage_lengths", "top_labels"]
+__all__ = [
+    "backbone_card_metadata",
+    "card_stage",
+    "changed_options",
+    "stage_lengths",
+    "top_labels",
+    "widget_example",
+]

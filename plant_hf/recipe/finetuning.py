@@ -1,6 +1,7 @@
 """Stages 4 and 5 of the recipe: the classifier is built, planted from the ranker, its label weights started as
 `label_init` says, and fine-tuned with Trainer until the dev metric stops improving."""
 
+import copy
 import dataclasses
 from dataclasses import field
 from pathlib import Path
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from transformers import set_seed
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 from transformers.utils import logging
 
 from ..cache import CachedDocumentCollator
@@ -261,10 +263,20 @@ def _save_final_model(context: RunContext, trained, folder: Path) -> None:
             logger.info(f"model: {QLORA_MERGED}; the test report scores this model.")
     with atomic_path(folder) as partial:
         trained.save_pretrained(partial)
-        context.tokenizer.save_pretrained(partial)
+        _reading_tokenizer(context.tokenizer, trained.config).save_pretrained(partial)
         context.vocabulary.save(partial / "label_vocabulary.json")
         if context.descriptions:
             write_json(partial / LABEL_DESCRIPTIONS_FILE, context.descriptions)
+
+
+def _reading_tokenizer(tokenizer, config) -> Any:
+    """The tokenizer saved with the model, its `model_max_length` what the model reads of a document in one piece
+    (the backbone's own limit would have `text-classification` warn of indexing errors where the model reads on)."""
+    if config.chunk_size is None:
+        return tokenizer
+    reader = copy.copy(tokenizer)
+    reader.model_max_length = config.tokens_read or VERY_LARGE_INTEGER
+    return reader
 
 
 __all__ = [
