@@ -282,18 +282,24 @@ def _recipe(stages: str) -> Callable[..., Any]:
 
 @dataclass
 class Command:
-    arguments: tuple[type, ...]
+    # The argument dataclasses, imported only where the command is run or its options shown (the recipe's pull in
+    # Trainer, seconds of imports that `predict --help` need not wait for).
+    arguments: Callable[[], tuple[type, ...]]
     run: Callable[..., Any]
     help: str
     # The recipe's commands parse one dataclass per stage (a group of --help each) and run on their union.
     recipe: bool = False
 
 
-def _commands() -> dict[str, Command]:
+def _recipe_arguments() -> tuple[type, ...]:
     from .recipe import STAGE_ARGUMENTS
     from .training.trainer import PlantTrainingArguments
 
-    recipe = (*STAGE_ARGUMENTS, PlantTrainingArguments)
+    return (*STAGE_ARGUMENTS, PlantTrainingArguments)
+
+
+def _commands() -> dict[str, Command]:
+    recipe = _recipe_arguments
     return {
         "fit": Command(
             recipe,
@@ -316,19 +322,29 @@ def _commands() -> dict[str, Command]:
             "grade) into <output_dir>; fit's options, and fit on the same folder reuses both.",
             recipe=True,
         ),
-        "evaluate": Command((EvaluateArguments,), run_evaluate, "Score a prediction file: JSON report and PNG plot."),
+        "evaluate": Command(
+            lambda: (EvaluateArguments,), run_evaluate, "Score a prediction file: JSON report and PNG plot."
+        ),
         "predict": Command(
-            (DocumentReadingArguments, PredictArguments), run_predict, "Predict labels of documents (JSON lines)."
+            lambda: (DocumentReadingArguments, PredictArguments),
+            run_predict,
+            "Predict labels of documents (JSON lines).",
         ),
         "explain": Command(
-            (DocumentReadingArguments, ExplainArguments), run_explain, "HTML pages of the words each label reads."
+            lambda: (DocumentReadingArguments, ExplainArguments),
+            run_explain,
+            "HTML pages of the words each label reads.",
         ),
-        "card": Command((CardArguments,), run_card, "Regenerate a model folder's model card."),
-        "push": Command((PushArguments,), run_push, "Upload a model (or adapter) folder to the Hub in one commit."),
+        "card": Command(lambda: (CardArguments,), run_card, "Regenerate a model folder's model card."),
+        "push": Command(
+            lambda: (PushArguments,), run_push, "Upload a model (or adapter) folder to the Hub in one commit."
+        ),
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line, with the options of `command` (the others' subcommands are named, their options not read
+    in)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -338,12 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"plant-hf {__version__}")
     parser.add_argument("--debug", action="store_true", help="on an error, show its traceback, not only its message")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
-    for name, command in _commands().items():
+    for name, entry in _commands().items():
+        arguments = entry.arguments() if name == command else ()
         commands.add_parser(
             name,
-            dataclass_types=list(command.arguments),
-            help=command.help,
-            description=command.help if command.recipe else command.arguments[-1].__doc__,
+            dataclass_types=list(arguments),
+            help=entry.help,
+            description=entry.help if entry.recipe or not arguments else arguments[-1].__doc__,
         )
     return parser
 
@@ -353,16 +370,16 @@ def parse_command(argv: Sequence[str]) -> tuple[str, list[Any]]:
     options or from one YAML/JSON file of them."""
     commands = _commands()
     if len(argv) == 2 and argv[0] in commands and argv[1].endswith((".yaml", ".yml", ".json")):
-        name, parser = argv[0], HfArgumentParser(commands[argv[0]].arguments)
+        name, parser = argv[0], HfArgumentParser(commands[argv[0]].arguments())
         read = parser.parse_json_file if argv[1].endswith(".json") else parser.parse_yaml_file
         parts = list(read(argv[1]))
     else:
-        namespace = build_parser().parse_args(argv)
+        namespace = build_parser(argv[0] if argv and argv[0] in commands else None).parse_args(argv)
         name, parts = (
             namespace.command,
             [
                 kind(**{item.name: getattr(namespace, item.name) for item in dataclasses.fields(kind) if item.init})
-                for kind in commands[namespace.command].arguments
+                for kind in commands[namespace.command].arguments()
             ],
         )
     if commands[name].recipe:

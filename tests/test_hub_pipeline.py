@@ -283,6 +283,25 @@ def test_the_saved_tokenizer_reads_as_far_as_the_model(trained, caplog):
         transformers_logging.disable_propagation()
 
 
+def test_the_tokenizer_loads_without_plant_hf_as_the_card_says(trained, tmp_path):
+    from transformers import AutoTokenizer
+
+    text = " ".join(synthetic_vocabulary(num_labels=6)[1][:5])
+    result = run_without_plant_hf(
+        f"""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained({str(trained)!r}, trust_remote_code=True)
+        print(tokenizer({text!r})["input_ids"], tokenizer.model_max_length)
+        """,
+        tmp_path,
+    )
+    expected = AutoTokenizer.from_pretrained(trained)(text)["input_ids"]
+    assert len(expected) == 7 and result.stdout.strip().splitlines()[-1] == f"{expected} 62"
+    assert "Do you wish to run the custom code" not in result.stderr and "model of type" not in result.stderr
+    assert f'AutoTokenizer.from_pretrained("{trained}", trust_remote_code=True)' in (trained / "README.md").read_text()
+
+
 def test_pipeline_says_how_much_of_a_long_document_it_read(trained, caplog):
     classify = pipeline("xmc-classification", model=str(trained))
     _, noise = synthetic_vocabulary(num_labels=6)
