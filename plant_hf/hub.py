@@ -127,6 +127,7 @@ def render_model_card(
             "r5": percent(values.get("R@5")),
         }
         for name, values in report.get("by_frequency", {}).items()
+        if values.get("documents")
     ]
     return ModelCard.from_template(
         card_data,

@@ -1,5 +1,6 @@
 """Model cards, Hub uploads (to a fake Hub), the xmc-classification pipeline, explanations and their pages."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -16,7 +17,7 @@ from plant_hf import PlantClassificationPipeline
 from plant_hf.data import LabelVocabulary, PlantDataCollator
 from plant_hf.data.synthetic import synthetic_vocabulary, write_synthetic_corpus
 from plant_hf.explanation import explanation_index, explanation_page
-from plant_hf.hub import TrainingInfo, push_to_hub, write_model_card
+from plant_hf.hub import TrainingInfo, push_to_hub, render_model_card, write_model_card
 from plant_hf.recipe import PlantArguments, fit
 from plant_hf.training.trainer import PlantTrainingArguments
 
@@ -25,7 +26,8 @@ from conftest import FakeHfApi, run_without_plant_hf, save_backbone, tiny_model
 REPORT = {
     "documents": 40, "labels": 8, "P@1": 0.75, "P@3": 0.5, "P@5": 0.4, "nDCG@5": 0.6, "PSP@5": 0.55,
     "micro_f1": 0.5, "macro_f1": 0.3, "macro_auc": 0.9, "meta": {"split": "test"},
-    "by_frequency": {"1-5": {"labels": 3, "documents": 5, "P@1": 0.2, "P@5": 0.1, "PSP@5": 0.3, "R@5": 0.4}},
+    "by_frequency": {"0": {"labels": 0, "documents": 0},
+                     "1-5": {"labels": 3, "documents": 5, "P@1": 0.2, "P@5": 0.1, "PSP@5": 0.3, "R@5": 0.4}},
 }  # fmt: skip
 
 
@@ -127,7 +129,10 @@ def test_card_round_trips_with_its_results(tmp_path):
     assert "`I10` (40), `E11.9` (25)" in text and "- transformers 5.0.0" in text
     assert 'pipeline("text-classification", model="org/plant-icd", top_k=None)' in text
     assert "](https://github.com/)" not in text
-    assert "| 1-5 | 3 | 5 | 20.00 | 10.00 | 30.00 | 40.00 |" in text
+    assert "| 1-5 | 3 | 5 | 20.00 | 10.00 | 30.00 | 40.00 |" in text and "| 0 | 0 | 0 |" not in text
+    assert "| `learning_rate` | `0.002` |" in text and "Every option of the run at" not in text
+    plain = render_model_card(dataclasses.replace(TrainingInfo.load(tmp_path), changed={}), REPORT).content
+    assert "Every option of the run at `plant-hf fit`'s defaults." in plain and "| option | value |" not in plain
     assert 'AutoModel.from_pretrained("org/plant-icd", trust_remote_code=True)' in text
     assert "not a medical device" in text and "arXiv:2410.23066" in text
     assert "contextual ranker (ApproxNDCG); held-out token-ranking nDCG@10 10.00 at random init -> 80.00" in text

@@ -327,6 +327,8 @@ def test_bad_requests_fail_before_any_work(workspace, tmp_path, monkeypatch):
     # A run recorded before a setting existed held its default: the same request continues, another is refused.
     recorded = tmp_path / "r" / "run_config.json"
     settings = json.loads(recorded.read_text())
+    assert not {"hub_strategy", "hub_private_repo", "project", "trackio_space_id"} & settings.keys()  # Hub, trackers
+    fit(*arguments(workspace, tmp_path / "r", planting="none", training={"num_train_epochs": 1, "hub_strategy": "end"}))
     del settings["label_value_dim"]
     recorded.write_text(json.dumps(settings))
     fit(*arguments(workspace, tmp_path / "r", planting="none", training={"num_train_epochs": 1}))
