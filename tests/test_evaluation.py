@@ -201,6 +201,9 @@ def test_bucket_plot_names_empty_buckets_instead_of_drawing_zeros():
     assert drawn == [[True, False, False, True, True]] * 3
     notes = [text.get_text() for text in axis.texts if "\n" in text.get_text()]
     assert notes == ["labels unseen\nin training:\nnever predicted", "no test document\nhas these labels"]
+    report["by_frequency"]["0"] = {"labels": 0, "documents": 0}  # no unseen label in the test split: nothing to say
+    notes = [text.get_text() for text in bucket_figure(report, ("P@1",)).axes[0].texts if "\n" in text.get_text()]
+    assert notes == ["no test document\nhas these labels"] * 2
     assert axis.get_legend() is None and [t.get_text() for t in figure.legends[0].get_texts()] == [
         "P@1", "P@5", "micro-F1"
     ]  # fmt: skip

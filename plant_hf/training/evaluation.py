@@ -265,10 +265,10 @@ def bucket_figure(report: dict[str, Any], metrics: Sequence[str], title: str | N
 
 
 def _empty_bucket_note(name: str, group: dict[str, Any]) -> str | None:
-    if name.startswith("0\n"):
-        return "labels unseen\nin training:\nnever predicted"
     if not group.get("documents", 1):
         return "no test document\nhas these labels"
+    if name.startswith("0\n"):
+        return "labels unseen\nin training:\nnever predicted"
     return None
 
 
