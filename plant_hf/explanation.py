@@ -279,7 +279,8 @@ def explanation_page(
 
 def explanation_index(rows: list[dict[str, Any]], model: str | None = None, created: str | None = None) -> str:
     """The index of a folder of pages: per document its page, its top labels with their probabilities, and (where
-    gold labels are known) how many the top labels hit and which they missed; a click on a heading sorts by it.
+    gold labels are known) how many the top labels hit and which they missed; a click on a heading sorts by it
+    (again: the other way), as does a link to the page ending in `#sort=id`, `best`, `hits` or `missed`.
 
     Each row holds `page`, `id`, `labels` (`[label, probability]`, best first) and `gold` (a list, or None).
     """
@@ -376,6 +377,10 @@ document.querySelectorAll("th").forEach(function (header) {
 document.getElementById("meta").textContent =
   [data.model, data.created, data.rows.length + " documents"].filter(Boolean).join(" \u00b7 ");
 render();
+// A link ending in #sort=<column> (id, best, hits, missed) opens the index sorted as a click on that heading sorts it.
+const requested = /^#sort=([a-z]+)$/.exec(location.hash);
+const requestedHeader = requested && document.querySelector('th[data-key="' + requested[1] + '"]');
+if (requestedHeader) requestedHeader.click();
 </script>
 </body>
 </html>

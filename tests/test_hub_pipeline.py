@@ -511,3 +511,10 @@ def test_explanation_page_switches_labels_in_headless_chromium(trained, tmp_path
     assert body.count("<tr>") == 2 and '<a href="page.html">doc</a>' in body and "m · 2026-12-06 · 2 documents" in dom
     hits = sum(p["label"] in ("L0", "L2") for p in predictions)
     assert f"{hits} of 2" in body
+    rows = [{"page": f"{name}.html", "id": name, "labels": [["L1", best]], "gold": gold}
+            for name, best, gold in [("a", 0.2, ["L1"]), ("c", 0.9, ["L0", "L2"]), ("b", 0.5, None)]]  # fmt: skip
+    (tmp_path / "index.html").write_text(explanation_index(rows))
+    for sort, expected in [("", "acb"), ("#sort=id", "abc"), ("#sort=best", "cba"), ("#sort=missed", "cab")]:
+        dom = subprocess.run([*flags, "--dump-dom", (tmp_path / "index.html").as_uri() + sort], capture_output=True,
+                             text=True, timeout=120).stdout  # fmt: skip
+        assert "".join(re.findall(r'<a href="(\w)\.html">', dom)) == expected, sort
