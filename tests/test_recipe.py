@@ -512,13 +512,20 @@ def test_options_come_from_a_yaml_or_json_file(tmp_path):
 
 
 def test_the_console_tells_the_stages_an_epoch_a_line_and_what_to_run_next(workspace, tmp_path):
-    """What `plant-hf fit` shows: a header per stage, one line per evaluated epoch instead of Trainer's dicts, no
-    backend noise, and where the outputs are with the commands that use them."""
+    """What `plant-hf fit` shows on its built-in demo corpus: a header per stage, one line per evaluated epoch
+    instead of Trainer's dicts, bars named after their stage, no backend noise, and where the outputs are with the
+    commands that use them."""
     run = tmp_path / "run"
-    options = ["--num_train_epochs", "2", "--ranker_epochs", "2"]
-    command = [sys.executable, "-m", "plant_hf.cli", "fit", *cli_fit(workspace, run, *options)[2:]]
+    options = {
+        "--data": "synthetic", "--synthetic_documents": 160, "--backbone": workspace / "bert", "--output_dir": run,
+        "--chunk_size": 32, "--max_chunks": 2, "--mig_top_k": 16, "--use_cpu": True, "--seed": 0,
+        "--num_train_epochs": 2, "--ranker_epochs": 2,
+    }  # fmt: skip
+    command = [sys.executable, "-m", "plant_hf.cli", "fit", *(str(part) for pair in options.items() for part in pair)]
     shown = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
     transcript = shown.stdout + shown.stderr
+    bars = {line.split(":")[0].strip() for line in re.split(r"[\r\n]", shown.stderr) if re.search(r"\d+/\d+ \[", line)}
+    assert {"ranker", "fine-tuning"} <= bars and not any(bar.isdigit() or not bar for bar in bars), bars
     headers = [line for line in transcript.splitlines() if line.startswith("── ")]
     stages = ["data", "MIG table", "ranker", "fine-tuning", "retrieval memory", "lexical channel", "evaluation"]
     assert headers == [f"── {stage}" for stage in stages]
