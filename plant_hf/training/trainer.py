@@ -115,6 +115,14 @@ class PlantTrainingArguments(TrainingArguments):
     backbone_learning_rate: float = field(
         default=1e-4, metadata={"help": "Peak learning rate of the backbone (its LoRA adapters, or all of it)."}
     )
+    sparse_label_gradients: bool = field(
+        default=True,
+        metadata={
+            "help": "A shortlisting model's label tables (a row per label) take sparse gradients and SparseAdam "
+            "(lazy moments, no weight decay): a step moves only the rows its shortlists read. False: dense gradients "
+            "and the optimizer of the other parameters (what FSDP and DeepSpeed always use)."
+        },
+    )
     unfreeze_schedule: str | None = field(
         default=None,
         metadata={
@@ -364,8 +372,8 @@ class PlantTrainer(XMCTrainer):
     """A Trainer whose optimizer gives the head, the planted attention and the backbone their own learning rates.
 
     A shortlisting model's label tables (one row per label) take sparse gradients and `torch.optim.SparseAdam`
-    beside the dense optimizer, so that a step at a million labels moves only the rows its shortlists read; in a
-    single process only (several processes train them with dense gradients).
+    beside the dense optimizer, so that a step at a million labels moves only the rows its shortlists read; under
+    DDP too (their gradients averaged over the processes here), not under FSDP or DeepSpeed.
     """
 
     _sparse_tables: tuple[nn.Parameter, ...] = ()
@@ -402,12 +410,30 @@ class PlantTrainer(XMCTrainer):
 
     def _switch_to_sparse_gradients(self, model: nn.Module) -> list[nn.Parameter]:
         plant = model.get_base_model() if hasattr(model, "get_base_model") else model
-        # DDP's reducer expects sparse gradients from embedding modules only, FSDP and DeepSpeed shard dense ones
-        distributed = self.args.world_size > 1 or self.is_fsdp_enabled or self.is_deepspeed_enabled
-        if not getattr(plant, "shortlisting", False) or distributed:
-            return []
+        wanted = self.args.sparse_label_gradients and getattr(plant, "shortlisting", False)
+        if not wanted or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return []  # FSDP and DeepSpeed shard dense gradients only
         attention = [module for module in model.modules() if isinstance(module, PlantLabelAttention)]
-        return [table for module in attention for table in module.enable_sparse_gradients() if table.requires_grad]
+        tables = [table for module in attention for table in module.enable_sparse_gradients() if table.requires_grad]
+        if self.args.world_size > 1:
+            # DDP's reducer takes sparse gradients from embedding modules only: it leaves the tables to
+            # `training_step`, which averages their gradients over the processes as DDP averages the others'.
+            ids = {id(table) for table in tables}
+            ignored = [name for name, parameter in model.named_parameters() if id(parameter) in ids]
+            already = getattr(model, "_ddp_params_and_buffers_to_ignore", ())
+            model._ddp_params_and_buffers_to_ignore = [*already, *ignored]
+            for table in tables:
+                torch.distributed.broadcast(table.data, src=0)  # as DDP starts every other parameter
+        processes = f", averaged over {self.args.world_size} processes" if self.args.world_size > 1 else ""
+        logger.info(f"label tables: sparse gradients and SparseAdam ({len(tables)} tables{processes})")
+        return tables
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._sparse_tables and self.args.world_size > 1 and self.accelerator.sync_gradients:
+            for table in self._sparse_tables:
+                table.grad = average_sparse_gradient(table)
+        return loss
 
     def _clip_grad_norm(self, model):
         if not self._sparse_tables:
@@ -451,6 +477,35 @@ class WithSparseAdam(torch.optim.Optimizer):
         self.dense.load_state_dict(state_dict["dense"])
         self.sparse.load_state_dict(state_dict["sparse"])
         self._join_groups()  # loading replaced each optimizer's group dicts
+
+
+def average_sparse_gradient(table: nn.Parameter) -> torch.Tensor:
+    """The mean over the processes of a table's sparse gradient (the rows any process read), gathered as index and
+    value lists, which every backend all-gathers (not every one all-reduces sparse tensors)."""
+    import torch.distributed as dist
+
+    shape, gradient = table.shape, table.grad
+    if gradient is None:  # no row read here
+        empty = (torch.empty(1, 0, dtype=torch.long, device=table.device), table.new_empty(0, *shape[1:]))
+        gradient = torch.sparse_coo_tensor(*empty, shape)
+    gradient = gradient.coalesce()
+    indices, values = gradient.indices()[0], gradient.values()
+    world = dist.get_world_size()
+    counts = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([len(indices)], device=values.device))
+    longest = int(max(counts))
+    padded_indices = indices.new_zeros(longest)
+    padded_indices[: len(indices)] = indices
+    padded_values = values.new_zeros(longest, *values.shape[1:])
+    padded_values[: len(values)] = values
+    all_indices = [torch.empty_like(padded_indices) for _ in range(world)]
+    all_values = [torch.empty_like(padded_values) for _ in range(world)]
+    dist.all_gather(all_indices, padded_indices)
+    dist.all_gather(all_values, padded_values)
+    kept = [slice(0, int(count)) for count in counts]
+    rows = torch.cat([part[keep] for part, keep in zip(all_indices, kept, strict=True)])
+    gathered = torch.cat([part[keep] for part, keep in zip(all_values, kept, strict=True)])
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), gathered / world, shape).coalesce()
 
 
 def clip_gradient_norm(parameters, max_norm: float) -> torch.Tensor:
@@ -558,6 +613,7 @@ __all__ = [
     "PlantTrainingArguments",
     "WithSparseAdam",
     "XMCTrainer",
+    "average_sparse_gradient",
     "clip_gradient_norm",
     "document_lengths",
     "last_complete_checkpoint",
