@@ -1324,7 +1324,9 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             )
             shortlist = torch.cat([shortlist, positives.masked_fill(values <= 0, -1), random], dim=1)
         shortlist = _distinct(shortlist)
-        chosen = shortlist.clamp(min=0)
+        # Padding reads one of the row's own labels (its scores go to the spare column below): a real label such as
+        # 0 would be read by every padded row, and lazy optimizers would move its row on every step.
+        chosen = torch.where(shortlist >= 0, shortlist, shortlist.amax(dim=1, keepdim=True))
         contexts = self.score.label_contexts(
             self.dropout(states.hidden_states), states.attention_mask, chosen, states.input_ids
         )

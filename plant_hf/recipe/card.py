@@ -58,7 +58,7 @@ def card_stage(context: RunContext, model_folder: Path, report: dict[str, Any]) 
         changed=changed_options(args, training),
         stages=stage_lengths(context),
         top_labels=top_labels(context),
-        datasets=[args.data] if args.data != SYNTHETIC_DATA and detect_format(args.data) == "hub" else [],
+        datasets=[args.data] if _on_the_hub(args.data) else [],
         versions=framework_versions(),
         widget=widget_example(context),
         **backbone_card_metadata(context.backbone),
@@ -98,13 +98,18 @@ def top_labels(context: RunContext, count: int = 20) -> dict[str, int]:
     return {vocabulary.labels[index]: int(vocabulary.counts[index]) for index in order[:count]}
 
 
+def _on_the_hub(data: str) -> bool:
+    """Whether the run's corpus is a Hub dataset (not the built-in one, not local files)."""
+    return data != SYNTHETIC_DATA and detect_format(data) == "hub"
+
+
 def widget_example(context: RunContext, words: int = 60) -> str | None:
     """An example input for the Hub's widget: the start of the first test document where the corpus is public (a
     Hub dataset or the built-in one), else the catalogue's description of the most frequent label that has one;
     none otherwise, as a private corpus's text never goes into a card."""
     data = context.args.data
     test = context.splits.get("test")
-    if (data == SYNTHETIC_DATA or detect_format(data) == "hub") and test is not None and len(test):
+    if (data == SYNTHETIC_DATA or _on_the_hub(data)) and test is not None and len(test):
         return " ".join(test[0]["text"].split()[:words])
     described = [label for label in top_labels(context, len(context.vocabulary)) if label in context.descriptions]
     return context.descriptions[described[0]] if described else None

@@ -415,6 +415,8 @@ class PlantTrainer(XMCTrainer):
             return []  # FSDP and DeepSpeed shard dense gradients only
         attention = [module for module in model.modules() if isinstance(module, PlantLabelAttention)]
         tables = [table for module in attention for table in module.enable_sparse_gradients() if table.requires_grad]
+        if not tables:
+            return []
         if self.args.world_size > 1:
             # DDP's reducer takes sparse gradients from embedding modules only: it leaves the tables to
             # `training_step`, which averages their gradients over the processes as DDP averages the others'.
