@@ -604,6 +604,16 @@ def _attention_map(
     return weights / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(1)
 
 
+def document_mean(losses: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """The mean over documents of each document's mean of `losses` `(batch, items)` over its `counted` items.
+
+    Each document weighs the same however many items it counts, as in the full head's mean over every label: so
+    the mean of equal shares of a batch, over processes or accumulation steps, is the whole batch's.
+    """
+    counted = counted.to(losses.dtype)
+    return ((losses * counted).sum(1) / counted.sum(1).clamp(min=1.0)).mean()
+
+
 def mean_token_states(summed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Documents' mean token states, L2-normalised (fp32), from the sums of their real tokens' states and the
     counts of those tokens; a document without a real token gets zeros."""
@@ -906,12 +916,13 @@ class PlantLabelMatcher(nn.Module):
 
     def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The probabilistic label tree's loss: each node's binary cross-entropy on the documents whose parent
-        node is positive (every document for the root's children), averaged over those pairs."""
+        node is positive (every document for the root's children), averaged over a document's nodes, then over
+        the documents."""
         targets = self.node_targets(labels)
         parents = tree_parents(self.node_children)
         counted = targets[:, parents.clamp(min=0)].masked_fill((parents < 0).unsqueeze(0), 0.0)
         losses = F.binary_cross_entropy_with_logits(self.node_logits(embeddings), targets, reduction="none")
-        return (losses * counted).sum() / counted.sum().clamp(min=1.0)
+        return document_mean(losses, counted)
 
 
 class PlantPreTrainedModel(PreTrainedModel):
@@ -1254,12 +1265,11 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             if shortlist is None:
                 loss = F.binary_cross_entropy_with_logits(logits.float(), targets.to(logits.device))
             else:  # the positives, the matcher's hard negatives and a few random labels
-                scored = shortlist >= 0
                 chosen = shortlist.clamp(min=0)
                 losses = F.binary_cross_entropy_with_logits(
                     logits.float().gather(1, chosen), targets.to(logits.device).gather(1, chosen), reduction="none"
                 )
-                loss = (losses * scored).sum() / scored.sum().clamp(min=1)
+                loss = document_mean(losses, shortlist >= 0)
             if self.matcher is not None:
                 loss = loss + self.matcher.loss(embeddings, targets.to(embeddings.device))
         hidden_states = (states,) if output_hidden_states else None

@@ -106,12 +106,16 @@ def test_node_targets_mark_the_paths_to_each_positive_label():
 
 def test_the_matcher_loss_counts_a_node_only_under_a_positive_parent():
     model = treed_model()
-    embeddings = F.normalize(torch.randn(1, model.matcher.node_weights.shape[1]), dim=-1)
-    labels = torch.zeros(1, 12)
+    embeddings = F.normalize(torch.randn(2, model.matcher.node_weights.shape[1]), dim=-1)
+    labels = torch.zeros(2, 12)
     labels[0, 4] = 1  # leaf 4: nodes 1 and 4 positive; counted: 1, 2 (root's children) and 3, 4 (under 1)
-    logits = (embeddings @ model.matcher.node_weights.T + model.matcher.node_bias)[0]
-    by_hand = [F.binary_cross_entropy_with_logits(logits[n], torch.tensor(t)) for n, t in
-               [(1, 1.0), (2, 0.0), (3, 0.0), (4, 1.0)]]  # fmt: skip
+    labels[1, [4, 10]] = 1  # leaves 4 and 6: nodes 1, 2, 4, 6 positive; counted: 1 to 6
+    logits = embeddings @ model.matcher.node_weights.T + model.matcher.node_bias
+    counted = [[(1, 1.0), (2, 0.0), (3, 0.0), (4, 1.0)], [(1, 1.0), (2, 1.0), (3, 0.0), (4, 1.0), (5, 0.0), (6, 1.0)]]
+    by_hand = [
+        torch.stack([F.binary_cross_entropy_with_logits(logits[row, n], torch.tensor(t)) for n, t in nodes]).mean()
+        for row, nodes in enumerate(counted)
+    ]  # each document's mean over its own nodes, then the mean over documents
     torch.testing.assert_close(model.matcher.loss(embeddings, labels), torch.stack(by_hand).mean())
 
 
@@ -128,12 +132,14 @@ def test_shortlisted_training_scores_positives_hard_and_random_negatives_only():
     touched = model.score.label_weights.grad.abs().sum(1) > 0
     assert touched[0] and touched[11]  # each positive is scored, wherever the matcher looked
     assert model.matcher.node_weights.grad.abs().sum() > 0
-    # The loss is the mean binary cross-entropy over the scored labels, plus the matcher's.
+    # The loss is each document's mean binary cross-entropy over its scored labels, averaged over the documents,
+    # plus the matcher's.
     scored = (output.logits > UNSCORED_LOGIT).float()
-    by_hand = (F.binary_cross_entropy_with_logits(output.logits, labels, reduction="none") * scored).sum()
+    assert scored[0].sum() != scored[1].sum()  # documents that score different numbers of labels weigh the same
+    by_hand = (F.binary_cross_entropy_with_logits(output.logits, labels, reduction="none") * scored).sum(1)
     with torch.no_grad():
         embeddings = model.document_embeddings(input_ids=ids)
-    expected = by_hand / scored.sum() + model.matcher.loss(embeddings, labels)
+    expected = (by_hand / scored.sum(1)).mean() + model.matcher.loss(embeddings, labels)
     torch.testing.assert_close(output.loss, expected, atol=1e-5, rtol=1e-5)
     # In evaluation the labels only give the loss: the scored labels are the shortlist alone.
     model.eval()

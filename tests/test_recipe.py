@@ -455,32 +455,31 @@ def test_two_process_run_matches_the_single_process_loss_curve(workspace, tmp_pa
 
 def test_two_processes_build_one_label_tree_and_train_the_shortlisting_model(workspace, tmp_path):
     # Eight labels in leaves of two and a beam of ten: every step reads every row of the label tables, where lazy
-    # SparseAdam steps as Adam does; so the tables' sparse gradients, averaged over the processes by PlantTrainer,
-    # must give the run DDP gives with dense ones.
+    # SparseAdam steps as Adam does. Two processes with sparse tables (their gradients averaged by PlantTrainer) must
+    # then give the loss curve of one process with dense tables on the same global batches: the shortlisted loss is
+    # a mean over documents, whatever number of labels each scores, so equal shares of a batch average to it.
     options = "--planting none --num_train_epochs 2 --memory false --lexical false --label_tree on"
     options += " --shortlist_min_labels 1 --label_tree_arity 2 --label_tree_leaf_size 2 --shortlist_negatives 0"
     options += " --logging_steps 1 --eval_strategy no --save_strategy epoch --load_best_model_at_end False"
-    options += " --per_device_train_batch_size 8 --ddp_backend gloo"
+    options = [*options.split(), "--train_sampling_strategy", "random"]
+    single = tmp_path / "single-dense"
+    dense = ["--sparse_label_gradients", "false", "--per_device_train_batch_size", "16"]
+    subprocess.run(cli_fit(workspace, single, *options, *dense), check=True, capture_output=True, timeout=600)
+    double = tmp_path / "double-sparse"
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534")
-    runs = {}
-    for sparse in (True, False):
-        run = tmp_path / f"sparse-{sparse}"
-        result = subprocess.run(
-            cli_fit(workspace, run, *options.split(), "--sparse_label_gradients", str(sparse), launcher=launcher),
-            capture_output=True, text=True, timeout=900,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        told = "label tables: sparse gradients and SparseAdam (2 tables, averaged over 2 processes)"
-        assert (told in result.stdout) == sparse
-        runs[sparse] = run
-    sparse, dense = logged_losses(runs[True]), logged_losses(runs[False])
-    assert len(sparse) == len(dense) > 5
-    torch.testing.assert_close(torch.tensor(sparse), torch.tensor(dense), rtol=1e-4, atol=1e-5)
-    run = runs[True]
-    assert (run / "label_tree" / "label_tree.safetensors").exists()
-    model = PlantForMultiLabelClassification.from_pretrained(run / "model")
+    sparse = ["--sparse_label_gradients", "true", "--per_device_train_batch_size", "8", "--ddp_backend", "gloo"]
+    result = subprocess.run(
+        cli_fit(workspace, double, *options, *sparse, launcher=launcher), capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "label tables: sparse gradients and SparseAdam (2 tables, averaged over 2 processes)" in result.stdout
+    one, two = logged_losses(single), logged_losses(double)
+    assert len(one) == len(two) > 5
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=2e-3, atol=2e-4)
+    assert (double / "label_tree" / "label_tree.safetensors").exists()
+    model = PlantForMultiLabelClassification.from_pretrained(double / "model")
     assert model.shortlisting and model.config.label_tree_leaf_size == 2
-    assert json.loads((run / "eval" / "test_metrics.json").read_text())["label_tree"]["recall"] > 0
+    assert json.loads((double / "eval" / "test_metrics.json").read_text())["label_tree"]["recall"] > 0
 
 
 @pytest.mark.parametrize("name", ["single_gpu", "multi_gpu_ddp", "fsdp", "deepspeed_zero3"])
