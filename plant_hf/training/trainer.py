@@ -118,9 +118,10 @@ class PlantTrainingArguments(TrainingArguments):
     sparse_label_gradients: bool = field(
         default=True,
         metadata={
-            "help": "A shortlisting model's label tables (a row per label) take sparse gradients and SparseAdam "
-            "(lazy moments, no weight decay): a step moves only the rows its shortlists read. False: dense gradients "
-            "and the optimizer of the other parameters (what FSDP and DeepSpeed always use)."
+            "help": "The label tables (a row per label) of a shortlisting model, and of the ranker from "
+            "shortlist_min_labels labels on, take sparse gradients and SparseAdam (lazy moments, no weight decay): a "
+            "step moves only the rows it read. False: dense gradients and the optimizer of the other parameters "
+            "(what FSDP and DeepSpeed always use)."
         },
     )
     unfreeze_schedule: str | None = field(
@@ -371,8 +372,9 @@ def document_lengths(dataset) -> np.ndarray | None:
 class PlantTrainer(XMCTrainer):
     """A Trainer whose optimizer gives the head, the planted attention and the backbone their own learning rates.
 
-    A shortlisting model's label tables (one row per label) take sparse gradients and `torch.optim.SparseAdam`
-    beside the dense optimizer, so that a step at a million labels moves only the rows its shortlists read; under
+    The label tables (one row per label) of a model whose steps read only some of their rows (`sparse_label_tables`:
+    a shortlisting model, a ranker at many labels) take sparse gradients and `torch.optim.SparseAdam` beside the
+    dense optimizer, so that a step at a million labels moves only the rows it read; under
     DDP too (their gradients averaged over the processes here), not under FSDP or DeepSpeed.
     """
 
@@ -410,7 +412,7 @@ class PlantTrainer(XMCTrainer):
 
     def _switch_to_sparse_gradients(self, model: nn.Module) -> list[nn.Parameter]:
         plant = model.get_base_model() if hasattr(model, "get_base_model") else model
-        wanted = self.args.sparse_label_gradients and getattr(plant, "shortlisting", False)
+        wanted = self.args.sparse_label_gradients and getattr(plant, "sparse_label_tables", False)
         if not wanted or self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return []  # FSDP and DeepSpeed shard dense gradients only
         attention = [module for module in model.modules() if isinstance(module, PlantLabelAttention)]
