@@ -11,7 +11,7 @@ Synthetic inputs, each measurement in a fresh process (wall time and peak reside
   contextual ranker on 16 cached documents of 512 random MiniLM-sized states, five labels each with graded tokens;
   from `shortlist_min_labels` labels on the label tables take sparse gradients.
 - Prototypes: `label_prototypes` over `--prototype_documents` cached documents of 512 random states (five labels
-  each), and its reference sample, whose size shrinks as the labels grow.
+  each) and its reference sample (whose size shrinks as the labels grow), then the label weights set from them.
 """
 
 import argparse
@@ -100,12 +100,14 @@ def worker_ranker(spec: dict) -> dict:
 
 def worker_prototypes(spec: dict) -> dict:
     from plant_hf.cache import CachedDocumentCollator
-    from plant_hf.planting.prototypes import label_prototypes
+    from plant_hf.planting.prototypes import initialize_label_weights, label_prototypes
 
     model = classifier(spec["labels"])
     documents = cached_documents(spec["documents"], spec["labels"], model.config.text_config.hidden_size)
+    counts = np.bincount([label for document in documents for label in document["label_ids"]], minlength=spec["labels"])
     started = time.perf_counter()
     prototypes = label_prototypes(model, documents, CachedDocumentCollator(), progress=False)
+    initialize_label_weights(model.score, prototypes, counts, len(documents))
     return {
         "seconds": time.perf_counter() - started,
         "reference_documents": prototypes.reference_documents,

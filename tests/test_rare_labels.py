@@ -66,6 +66,23 @@ def test_prototype_initialisation_reproduces_the_mean_context_of_a_labels_docume
         )
 
 
+def test_label_weights_start_the_same_whatever_the_block_of_labels_computed_at_once(monkeypatch):
+    import plant_hf.planting.prototypes as prototypes_module
+
+    model = tiny_model("bert", num_labels=7)
+    labels = [[0, 2], [1], [3, 6], [0, 2, 3], [4], [5], [2], [3]]
+    prototypes = label_prototypes(model, cached_documents(8, labels), CachedDocumentCollator(), progress=False)
+    counts = [2, 1, 3, 3, 1, 1, 1]
+    initialize_label_weights(model.score, prototypes, label_counts=counts, num_documents=8)
+    whole = model.score.label_weights.detach().clone(), model.score.label_bias.detach().clone()
+    model.score.label_weights.data.zero_()
+    model.score.label_bias.data.zero_()
+    monkeypatch.setattr(prototypes_module, "_INIT_BLOCK", 3)  # blocks of 3, 3 and 1 labels
+    initialize_label_weights(model.score, prototypes, label_counts=counts, num_documents=8)
+    torch.testing.assert_close(model.score.label_weights, whole[0], rtol=0, atol=0)
+    torch.testing.assert_close(model.score.label_bias, whole[1], rtol=0, atol=0)
+
+
 def test_prior_bias_initialisation_is_each_labels_log_odds():
     from plant_hf.planting.prototypes import initialize_label_bias
 

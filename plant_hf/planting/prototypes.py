@@ -28,6 +28,8 @@ from ..modeling_plant import PlantForMultiLabelClassification, PlantLabelAttenti
 
 # Bound on (reference documents x labels): the reference costs as much as that many single-label contexts.
 _REFERENCE_BUDGET = 2**22
+# Labels whose weights are computed at once from their prototypes.
+_INIT_BLOCK = 2**16
 # The most a label's logit rises from its reference context to its prototype: uncapped, well separated labels got
 # weights fine-tuning could not move, and tiny backbones diverged.
 PROTOTYPE_MARGIN = 8.0
@@ -98,27 +100,33 @@ def label_prototypes(
         real = label_ids >= 0
         totals.index_add_(0, label_ids[real], contexts[real].double())
         counts.index_add_(0, label_ids[real], torch.ones(int(real.sum()), dtype=torch.float64, device=device))
+    # In place and one table at a time: at a million labels each (labels x width) table in fp64 takes gigabytes.
+    positive_mean = totals.div_(counts.clamp(min=1).unsqueeze(1)).float()
+    del totals
     sample_size = max(1, min(reference_documents, len(documents), _REFERENCE_BUDGET // num_labels))
     sample = np.random.default_rng(seed).choice(len(documents), size=sample_size, replace=False)
     reference, square = _reference_sums(model, documents, collator, sorted(sample.tolist()), device)
     model.train(was_training)
-    reference_mean = reference / sample_size
+    reference = reference.div_(sample_size)
+    # The variance per dimension, averaged over the dimensions: E|x|^2 - |E x|^2, over the width.
+    variance = (square / sample_size - torch.linalg.vector_norm(reference, dim=-1).square()).clamp(min=0) / width
     return LabelPrototypes(
-        positive_mean=(totals / counts.clamp(min=1).unsqueeze(1)).float(),
+        positive_mean=positive_mean,
         positive_count=counts.float(),
-        reference_mean=reference_mean.float(),
-        reference_variance=(square / sample_size - reference_mean.square()).clamp(min=0).mean(-1).float(),
+        reference_mean=reference.float(),
+        reference_variance=variance.float(),
         reference_documents=sample_size,
     )
 
 
 def _reference_sums(model, documents, collator, sample: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums of the contexts of every label over the sample documents and of their squares, one document at a time
-    and in blocks of labels (peak memory: one block of labels x one document's tokens)."""
+    """Sums of the contexts of every label over the sample documents `(labels, width)` and of their squared norms
+    `(labels,)`, one document at a time and in blocks of labels (peak memory: one block of labels x one document's
+    tokens)."""
     attention: PlantLabelAttention = model.score
     num_labels, width = attention.label_weights.shape
     total = torch.zeros(num_labels, width, dtype=torch.float64, device=device)
-    square = torch.zeros(num_labels, width, dtype=torch.float64, device=device)
+    square = torch.zeros(num_labels, dtype=torch.float64, device=device)
     for index in sample:
         states, mask, ids = _states(model, _to(collator([_without_labels(documents[index])]), device))
         block = max(1, 2**24 // max(1, states.shape[1]))
@@ -126,7 +134,7 @@ def _reference_sums(model, documents, collator, sample: list[int], device) -> tu
             labels = torch.arange(start, min(start + block, num_labels), device=device).unsqueeze(0)
             contexts = attention.label_contexts(states, mask, labels, ids)[0].double()
             total[start : start + labels.shape[1]] += contexts
-            square[start : start + labels.shape[1]] += contexts.square()
+            square[start : start + labels.shape[1]] += contexts.square().sum(-1)
     return total, square
 
 
@@ -176,14 +184,18 @@ def initialize_label_weights(
     num_documents: int,
     margin: float = PROTOTYPE_MARGIN,
 ) -> None:
-    """Set the label weights and biases to the prototype classifier of the module docstring."""
-    difference = prototypes.positive_mean - prototypes.reference_mean
-    scale = torch.maximum(prototypes.reference_variance, difference.square().sum(-1) / margin)
-    weights = difference / scale.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(-1)
-    midpoint = (prototypes.positive_mean + prototypes.reference_mean) / 2
-    bias = -(weights * midpoint).sum(-1) + prior_log_odds(label_counts, num_documents).to(weights.device)
-    attention.label_weights.copy_(weights.to(attention.label_weights.dtype))
-    attention.label_bias.copy_(bias.to(attention.label_bias.dtype))
+    """Set the label weights and biases to the prototype classifier of the module docstring (in blocks of labels,
+    so that the temporaries stay small at a million labels)."""
+    prior = prior_log_odds(label_counts, num_documents).to(attention.label_bias.device)
+    for start in range(0, attention.label_weights.shape[0], _INIT_BLOCK):
+        rows = slice(start, start + _INIT_BLOCK)
+        positive, reference = prototypes.positive_mean[rows], prototypes.reference_mean[rows]
+        difference = positive - reference
+        scale = torch.maximum(prototypes.reference_variance[rows], difference.square().sum(-1) / margin)
+        weights = difference / scale.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(-1)
+        bias = -(weights * (positive + reference) / 2).sum(-1) + prior[rows]
+        attention.label_weights[rows] = weights.to(attention.label_weights.dtype)
+        attention.label_bias[rows] = bias.to(attention.label_bias.dtype)
 
 
 __all__ = [
