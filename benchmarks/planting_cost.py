@@ -9,7 +9,8 @@ Synthetic inputs, each measurement in a fresh process (wall time and peak reside
   documents, as the long tail of a real catalogue has.
 - Ranker: one training step as `PlantTrainer` takes it (forward, backward, clip, the optimizer it builds) of the
   contextual ranker on 16 cached documents of 512 random MiniLM-sized states, five labels each with graded tokens;
-  from `shortlist_min_labels` labels on the label tables take sparse gradients.
+  from `shortlist_min_labels` labels on the label tables take sparse gradients (the largest label count is also
+  measured with dense ones, as `--sparse_label_gradients false` trains).
 - Prototypes: `label_prototypes` over `--prototype_documents` cached documents of 512 random states (five labels
   each) and its reference sample (whose size shrinks as the labels grow), then the label weights set from them.
 """
@@ -81,7 +82,7 @@ def worker_ranker(spec: dict) -> dict:
 
     torch.manual_seed(0)
     model = classifier(spec["labels"])
-    ranker = DocumentRanker(model.score, sparse_label_tables=many_labels(model)).train()
+    ranker = DocumentRanker(model.score, sparse_label_tables=many_labels(model) and spec["sparse"]).train()
     documents = cached_documents(spec["batch"], spec["labels"], model.config.text_config.hidden_size)
     batch = {
         "token_states": torch.stack([document["token_states"] for document in documents]),
@@ -138,15 +139,17 @@ def main() -> None:
         return
     specs = {
         "mig": {"documents": args.documents, "words": args.words},
-        "ranker": {"batch": args.batch, "repeats": args.repeats},
+        "ranker": {"batch": args.batch, "repeats": args.repeats, "sparse": True},
         "prototypes": {"documents": args.prototype_documents},
     }
+    runs = [(part, labels, {}) for part in args.parts for labels in args.labels]
+    if "ranker" in args.parts:  # what sparse gradients save: the largest count's step with dense ones
+        runs.insert(runs.index(("ranker", max(args.labels), {})) + 1, ("ranker", max(args.labels), {"sparse": False}))
     results = {**run_header(), **{part: [] for part in args.parts}}
-    for part in args.parts:
-        for labels in args.labels:
-            entry = measure({"kind": part, "labels": labels, **specs[part]}, __file__)
-            results[part].append(entry)
-            print(json.dumps(entry), flush=True)
+    for part, labels, extra in runs:
+        entry = measure({"kind": part, "labels": labels, **specs[part], **extra}, __file__)
+        results[part].append(entry)
+        print(json.dumps(entry), flush=True)
     with open(args.out, "w") as handle:
         json.dump(results, handle, indent=1)
 
