@@ -239,5 +239,9 @@ def test_a_checkpoint_of_the_earlier_head_names_loads_the_same(tmp_path):
     assert "label_attention.value.weight" in earlier
     save_file(earlier, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    loaded = reloaded.state_dict()
+    assert loaded.keys() == model.state_dict().keys()
+    assert all(torch.equal(loaded[name], value) for name, value in model.state_dict().items())
+    # Equal weights, not bitwise-equal logits: a loaded tensor's memory alignment may pick another CPU kernel.
     ids = random_ids(2, 7)
-    torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
