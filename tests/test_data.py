@@ -344,3 +344,11 @@ def test_an_empty_split_is_refused_naming_its_file(tmp_path):
     (tmp_path / "dev.jsonl").write_text("\n")
     with pytest.raises(DataFormatError, match=r"dev\.jsonl: 0 documents: the dev split holds no usable document"):
         load_corpus(tmp_path)
+
+
+def test_synthetic_words_grow_a_syllable_where_three_cannot_make_enough():
+    from plant_hf.data.synthetic import synthetic_words
+
+    few, many = synthetic_words(100), synthetic_words(5000)  # 16 syllables make 4,096 words of three
+    assert len(set(few)) == 100 and len(set(many)) == 5000
+    assert {len(word) for word in few} == {6} and {len(word) for word in many} == {8}

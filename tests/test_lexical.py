@@ -56,6 +56,18 @@ def test_the_channel_learns_each_labels_words_and_reloads_identically(tmp_path, 
     np.testing.assert_allclose(again.scores, top.scores)
 
 
+def test_the_channel_is_a_label_tree_by_default_from_the_label_count_where_the_head_shortlists():
+    from plant_hf.recipe import PlantArguments
+    from plant_hf.recipe.lexical import lexical_classifiers
+
+    default = PlantArguments(data="corpus")
+    assert lexical_classifiers(default, 32767) == "br" and lexical_classifiers(default, 32768) == "plt"
+    assert lexical_classifiers(PlantArguments(data="corpus", shortlist_min_labels=100), 100) == "plt"
+    assert lexical_classifiers(PlantArguments(data="corpus", shortlist_min_labels=None), 10**6) == "br"
+    assert lexical_classifiers(PlantArguments(data="corpus", lexical_model="br"), 10**6) == "br"
+    assert lexical_classifiers(PlantArguments(data="corpus", lexical_model="plt"), 6) == "plt"
+
+
 def test_a_channel_is_refused_for_other_labels_or_when_incomplete(tmp_path):
     texts, label_ids = cue_corpus(60)
     LexicalRanker.fit(texts, label_ids, LABELS, tmp_path / "lexical", **channel_options())

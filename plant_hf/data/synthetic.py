@@ -53,11 +53,14 @@ NOISE_WORDS = tuple(
 
 
 def synthetic_words(count: int, seed: int = 0) -> list[str]:
-    """`count` distinct pronounceable pseudo-words (three syllables each)."""
+    """`count` distinct pronounceable pseudo-words: three syllables each, more where three cannot make `count`."""
+    syllables = 3
+    while len(_SYLLABLES) ** syllables < count:
+        syllables += 1
     generator = np.random.default_rng(seed)
     words: dict[str, None] = {}
     while len(words) < count:
-        words["".join(generator.choice(_SYLLABLES, size=3))] = None
+        words["".join(generator.choice(_SYLLABLES, size=syllables))] = None
     return list(words)
 
 

@@ -3,7 +3,7 @@ trained beside the neural model (its weight in the fused probabilities is tuned 
 
 from dataclasses import field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..lexical import LEXICAL_FOLDER, SETTINGS_FILE, LexicalRanker
 from .data import RunContext
@@ -23,13 +23,14 @@ class LexicalArguments:
             "pipeline, predict and explain. --lexical false: the model alone."
         },
     )
-    lexical_model: Literal["br", "plt"] = field(
-        default="br",
+    lexical_model: Literal["auto", "br", "plt"] = field(
+        default="auto",
         metadata={
             "help": "br: a classifier per label over every training document (best on rare labels; its training "
             "grows with labels x documents); plt: a probabilistic label tree, 16 children a node, whose classifiers "
             "see only their node's documents (a few times faster at thousands of labels, logarithmic in the labels "
-            "at millions; weaker on labels seen a handful of times)."
+            "at millions; weaker on labels seen a handful of times). auto: br below shortlist_min_labels labels, "
+            "plt from there, where a classifier per label over every document would take days."
         },
     )
     lexical_ngrams: int = field(default=2, metadata={"help": "Longest word n-gram of the lexical features."})
@@ -76,7 +77,7 @@ def train_channel(context: RunContext, splits: tuple[str, ...], folder: Path, ag
             ngrams=args.lexical_ngrams,
             min_df=args.lexical_min_df,
             c=args.lexical_c,
-            model=args.lexical_model,
+            model=lexical_classifiers(args, len(vocabulary)),
         )
     from accelerate import PartialState
 
@@ -84,4 +85,13 @@ def train_channel(context: RunContext, splits: tuple[str, ...], folder: Path, ag
     return LexicalRanker.load(folder, vocabulary.labels)
 
 
-__all__ = ["LexicalArguments", "dev_held_out", "lexical_stage", "train_channel"]
+def lexical_classifiers(args: Any, num_labels: int) -> str:
+    """The channel's classifiers for `num_labels` labels: `lexical_model`, its `auto` resolved by the label count at
+    which the head shortlists (`shortlist_min_labels`)."""
+    if args.lexical_model != "auto":
+        return args.lexical_model
+    least = args.shortlist_min_labels
+    return "plt" if least is not None and num_labels >= least else "br"
+
+
+__all__ = ["LexicalArguments", "dev_held_out", "lexical_classifiers", "lexical_stage", "train_channel"]
