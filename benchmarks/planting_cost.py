@@ -78,11 +78,12 @@ def cached_documents(count: int, labels: int, hidden: int) -> list[dict]:
 
 def worker_ranker(spec: dict) -> dict:
     from plant_hf.planting.ranking import DocumentRanker
-    from plant_hf.recipe.ranker import many_labels
+    from plant_hf.recipe.label_tree import LabelTreeArguments, many_labels
 
     torch.manual_seed(0)
     model = classifier(spec["labels"])
-    ranker = DocumentRanker(model.score, sparse_label_tables=many_labels(model) and spec["sparse"]).train()
+    sparse = many_labels(LabelTreeArguments(), spec["labels"]) and spec["sparse"]  # as fit decides by default
+    ranker = DocumentRanker(model.score, sparse_label_tables=sparse).train()
     documents = cached_documents(spec["batch"], spec["labels"], model.config.text_config.hidden_size)
     batch = {
         "token_states": torch.stack([document["token_states"] for document in documents]),

@@ -372,6 +372,10 @@ def test_fit_builds_the_tree_trains_its_matcher_and_saves_a_shortlisting_model(c
     training = PlantTrainingArguments(output_dir=str(run), use_cpu=True, disable_tqdm=True, num_train_epochs=2,
                                       per_device_train_batch_size=8, seed=0)  # fmt: skip
     report = fit(args, training)
+    # From shortlist_min_labels (here 1) on, the ranker's label tables take sparse gradients as the head's do.
+    ranker = json.loads((run / "ranker" / "ranker_config.json").read_text())["metrics"]["contextual"]
+    assert ranker["sparse_label_tables"] == 2
+    assert json.loads((run / "finetuning_summary.json").read_text())["sparse_label_tables"] == 2
     tree = load_file(run / "label_tree" / "label_tree.safetensors")
     assert sorted(tree["leaf_labels"][tree["leaf_labels"] >= 0].tolist()) == list(range(8))
     model = PlantForMultiLabelClassification.from_pretrained(run / "model")

@@ -6,7 +6,7 @@ and, from `shortlist_min_labels` labels on, the head trains on each document's s
 
 from dataclasses import field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -67,11 +67,17 @@ class LabelTreeArguments:
     )
 
 
+def many_labels(args: Any, num_labels: int) -> bool:
+    """Whether `num_labels` reach `--shortlist_min_labels`: where the head scores shortlists, and by default a label
+    tree is built, the ranker's label tables take sparse gradients and the lexical channel is a label tree too."""
+    return args.shortlist_min_labels is not None and num_labels >= args.shortlist_min_labels
+
+
 def wants_label_tree(context: RunContext) -> bool:
     """Whether the run builds a label tree (`--label_tree`, auto: from `--shortlist_min_labels` labels on)."""
     args = context.args
     if args.label_tree == "auto":
-        return args.shortlist_min_labels is not None and len(context.vocabulary) >= args.shortlist_min_labels
+        return many_labels(args, len(context.vocabulary))
     return args.label_tree == "on"
 
 
@@ -122,4 +128,4 @@ def _build(context: RunContext, embeddings: torch.Tensor, path: Path) -> None:
     )
 
 
-__all__ = ["LABEL_TREE_FILE", "LabelTreeArguments", "label_tree_stage", "wants_label_tree"]
+__all__ = ["LABEL_TREE_FILE", "LabelTreeArguments", "label_tree_stage", "many_labels", "wants_label_tree"]

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from ..lexical import LEXICAL_FOLDER, SETTINGS_FILE, LexicalRanker
 from .data import RunContext
+from .label_tree import many_labels
 from .options import stage_options
 
 
@@ -90,8 +91,7 @@ def lexical_classifiers(args: Any, num_labels: int) -> str:
     which the head shortlists (`shortlist_min_labels`)."""
     if args.lexical_model != "auto":
         return args.lexical_model
-    least = args.shortlist_min_labels
-    return "plt" if least is not None and num_labels >= least else "br"
+    return "plt" if many_labels(args, num_labels) else "br"
 
 
 __all__ = ["LexicalArguments", "dev_held_out", "lexical_classifiers", "lexical_stage", "train_channel"]

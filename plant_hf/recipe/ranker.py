@@ -21,6 +21,7 @@ from ..planting.transplant import RankerConfig, save_ranker
 from ..training.trainer import PlantTrainer, PlantTrainingArguments, last_complete_checkpoint, training_summary
 from .data import RunContext, pad_token_id
 from .finetuning import lora_config
+from .label_tree import many_labels
 from .options import stage_options
 
 logger = logging.get_logger(__name__)
@@ -184,7 +185,7 @@ def _pretrain_static(context: RunContext, model, mig: MIGTable, folder: Path) ->
         model.score,
         temperature=args.ranker_temperature,
         ndcg_k=args.ranker_ndcg_k,
-        sparse_label_tables=many_labels(model),
+        sparse_label_tables=many_labels(args, len(context.vocabulary)),
     )
     on_documents = DocumentRanker(model.score, contextual=False, ndcg_k=args.ranker_ndcg_k)
     held_out = context.tokenized("dev")
@@ -214,7 +215,7 @@ def _pretrain_contextual(context: RunContext, model, mig: MIGTable, folder: Path
         ndcg_k=args.ranker_ndcg_k,
         max_relevant=args.ranker_max_relevant,
         loss=args.ranker_loss,
-        sparse_label_tables=many_labels(model),
+        sparse_label_tables=many_labels(args, len(context.vocabulary)),
     )
     checkpoints = folder / "checkpoints"
     before = held_out_ndcg(ranker, documents["dev"], collator, context, checkpoints)
@@ -282,14 +283,6 @@ def trainer_for_ranker(
         callbacks=training.stopping_callbacks(),
         stage="ranker",
     )
-
-
-def many_labels(model: PlantForMultiLabelClassification) -> bool:
-    """Whether the model has so many labels that its head scores shortlists (`shortlist_min_labels`): there the
-    ranker's label tables take sparse gradients too, each step moving the rows of its own labels only, where a
-    dense step would move a million rows to train a few hundred."""
-    least = model.config.shortlist_min_labels
-    return least is not None and model.config.num_labels >= least
 
 
 def ranker_learning_rate(args: Any, contextual: bool) -> float:

@@ -548,7 +548,8 @@ def last_complete_checkpoint(folder: Path, remove_incomplete: bool = False) -> s
 
 
 def training_summary(trainer: Trainer, metric: str | None = None) -> dict[str, Any]:
-    """How long a finished Trainer run trained and why it stopped, with the dev metric of each evaluation.
+    """How long a finished Trainer run trained and why it stopped, with the dev metric of each evaluation and the
+    number of label tables it stepped with sparse gradients.
 
     `metric` defaults to the arguments' `metric_for_best_model`.
     """
@@ -576,6 +577,7 @@ def training_summary(trainer: Trainer, metric: str | None = None) -> dict[str, A
         "best_epoch": None if best is None else round(float(best["epoch"]), 2),
         f"best_dev_{metric}": None if best is None else best[key],
         f"dev_{metric}_by_epoch": [round(float(entry[key]), 6) for entry in evaluations],
+        "sparse_label_tables": len(getattr(trainer, "_sparse_tables", ())),
     }
 
 
