@@ -352,3 +352,11 @@ def test_synthetic_words_grow_a_syllable_where_three_cannot_make_enough():
     few, many = synthetic_words(100), synthetic_words(5000)  # 16 syllables make 4,096 words of three
     assert len(set(few)) == 100 and len(set(many)) == 5000
     assert {len(word) for word in few} == {6} and {len(word) for word in many} == {8}
+
+
+def test_a_vocabularys_label_index_is_built_once():
+    from plant_hf.data import LabelVocabulary
+
+    vocabulary = LabelVocabulary.from_training([["b", "a"], ["c"]])
+    assert vocabulary.label2id is vocabulary.label2id and vocabulary.label2id == {"a": 0, "b": 1, "c": 2}
+    assert vocabulary.id2label is vocabulary.id2label and vocabulary.encode([["c", "z", "a"]]) == [[2, 0]]

@@ -6,6 +6,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +65,12 @@ class LabelVocabulary:
     def __len__(self) -> int:
         return len(self.labels)
 
-    @property
+    # Built once: callers look labels up per document, and a dict built per lookup made that quadratic.
+    @cached_property
     def label2id(self) -> dict[str, int]:
         return {label: index for index, label in enumerate(self.labels)}
 
-    @property
+    @cached_property
     def id2label(self) -> dict[int, str]:
         return dict(enumerate(self.labels))
 

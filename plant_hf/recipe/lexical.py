@@ -65,11 +65,7 @@ def train_channel(context: RunContext, splits: tuple[str, ...], folder: Path, ag
     args, vocabulary = context.args, context.vocabulary
     if context.is_main and (again or not folder.exists()):
         texts = [text for split in splits for text in context.splits[split]["text"]]
-        label_ids = [
-            [vocabulary.label2id[label] for label in row if label in vocabulary.label2id]
-            for split in splits
-            for row in context.splits[split]["labels"]
-        ]
+        label_ids = [row for split in splits for row in vocabulary.encode(context.splits[split]["labels"])]
         LexicalRanker.fit(
             texts,
             label_ids,
