@@ -1349,14 +1349,12 @@ class PlantForMultiLabelClassification(PlantPreTrainedModel):
             )
             shortlist = torch.cat([shortlist, positives.masked_fill(values <= 0, -1), random], dim=1)
         shortlist = _distinct(shortlist)
-        # Padding reads one of the row's own labels (its scores go to the spare column below): a real label such as
-        # 0 would be read by every padded row, and lazy optimizers would move its row on every step.
-        chosen = torch.where(shortlist >= 0, shortlist, shortlist.amax(dim=1, keepdim=True))
+        # Padding (-1) reads no row of the label tables (`rows`); its scores go to the spare column below.
         contexts = self.score.label_contexts(
-            self.dropout(states.hidden_states), states.attention_mask, chosen, states.input_ids
+            self.dropout(states.hidden_states), states.attention_mask, shortlist, states.input_ids
         )
-        scores = torch.einsum("bmv,bmv->bm", contexts, self.score.rows("label_weights", chosen))
-        scores = scores + self.score.label_bias.float()[chosen]
+        scores = torch.einsum("bmv,bmv->bm", contexts, self.score.rows("label_weights", shortlist))
+        scores = scores + self.score.label_bias.float()[shortlist.clamp(min=0)]
         logits = scores.new_full((scores.shape[0], self.config.num_labels + 1), UNSCORED_LOGIT)
         padded = shortlist.masked_fill(shortlist < 0, self.config.num_labels)  # the spare column takes the padding
         return logits.scatter(1, padded, scores)[:, :-1], shortlist

@@ -107,7 +107,7 @@ def label_prototypes(
     sample = np.random.default_rng(seed).choice(len(documents), size=sample_size, replace=False)
     reference, square = _reference_sums(model, documents, collator, sorted(sample.tolist()), device)
     model.train(was_training)
-    reference = reference.div_(sample_size)
+    reference.div_(sample_size)
     # The variance per dimension, averaged over the dimensions: E|x|^2 - |E x|^2, over the width.
     variance = (square / sample_size - torch.linalg.vector_norm(reference, dim=-1).square()).clamp(min=0) / width
     return LabelPrototypes(
